@@ -1,0 +1,132 @@
+"""Forward+backward time and bytes saved for backward: L2BN2d vs the composite vs nn.BatchNorm2d.
+
+Each repeat runs every variant once, in turn (interleaved), so drift in machine load hits all of
+them alike; the table reports medians and the ratio of each to BatchNorm2d in the same run.
+
+    python benchmarks/bench_norm.py                     # CPU, the issue's shapes
+    python benchmarks/bench_norm.py --device cuda --compile
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from collections.abc import Callable
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from l2bn_lit import L2BN2d
+
+SHAPES = [(128, 16, 32, 32), (128, 64, 8, 8), (64, 64, 56, 56), (32, 256, 14, 14)]
+
+
+class CompositeL2BN2d(nn.BatchNorm2d):
+    """The straightforward composite: F.normalize over each sample, then BatchNorm2d."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(F.normalize(x.flatten(1), dim=1).view_as(x))
+
+
+def saved_bytes(module: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the tensors autograd keeps for backward (each storage counted once, the input too)."""
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        storages[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        module(x).sum()
+    return sum(storages.values())
+
+
+def time_fwd_bwd(module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Callable[[], float]:
+    def run() -> float:
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        module(x).backward(grad)
+        if x.is_cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    return run
+
+
+def bench_shape(shape, device, channels_last, compile_, repeats, warmup) -> list[dict]:
+    memory_format = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(shape, device=device).to(memory_format=memory_format).requires_grad_()
+    grad = torch.randn(shape, device=device).to(memory_format=memory_format)
+    variants = {
+        "BatchNorm2d": nn.BatchNorm2d(shape[1]),
+        "L2BN2d": L2BN2d(shape[1]),
+        "composite": CompositeL2BN2d(shape[1]),
+    }
+    variants = {k: v.to(device) for k, v in variants.items()}
+    bytes_saved = {k: saved_bytes(v, x) for k, v in variants.items()}
+    if compile_:
+        variants = {k: torch.compile(v) for k, v in variants.items()}
+    runners = {k: time_fwd_bwd(v, x, grad) for k, v in variants.items()}
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    for i in range(warmup + repeats):
+        for name, run in runners.items():
+            elapsed = run()
+            x.grad = None
+            if i >= warmup:
+                times[name].append(elapsed)
+    base_time = statistics.median(times["BatchNorm2d"])
+    rows = []
+    for name in runners:
+        median = statistics.median(times[name])
+        rows.append(
+            {
+                "shape": "x".join(map(str, shape)) + (" CL" if channels_last else ""),
+                "norm": name,
+                "median_ms": round(median * 1e3, 3),
+                "time_vs_bn": round(median / base_time, 2),
+                "saved_MiB": round(bytes_saved[name] / 2**20, 2),
+                "saved_vs_bn": round(bytes_saved[name] / bytes_saved["BatchNorm2d"], 2),
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--compile", action="store_true", help="torch.compile every variant")
+    parser.add_argument("--no-channels-last", action="store_true")
+    parser.add_argument("--csv", help="also write the table to this CSV file")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    rows = []
+    layouts = [False] if args.no_channels_last else [False, True]
+    for channels_last in layouts:
+        for shape in SHAPES:
+            rows += bench_shape(shape, args.device, channels_last, args.compile, args.repeats, args.warmup)
+    table = pd.DataFrame(rows)
+    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
+          f"compile={args.compile}, {args.repeats} interleaved repeats (medians)")
+    print(table.to_markdown(index=False) if _has_tabulate() else table.to_string(index=False))
+    if args.csv:
+        table.to_csv(args.csv, index=False)
+
+
+def _has_tabulate() -> bool:
+    try:
+        import tabulate  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+if __name__ == "__main__":
+    main()

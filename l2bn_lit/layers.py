@@ -1,0 +1,110 @@
+"""L2BN modules with torch BatchNorm's API, arguments and state_dict keys.
+
+The classes derive from ``torch.nn.modules.batchnorm._BatchNorm`` so that code that treats
+batch-norm layers generically (weight-decay exclusion, ``reset_running_stats``, loading old
+checkpoints without ``num_batches_tracked``) keeps working, and a BatchNorm checkpoint loads into an
+L2BN model and back. No class is named ``BatchNorm*d``: timm's norm-act mapping goes by class name
+and would swap such a layer for plain batch norm.
+
+Hazards of that base class, documented here because they fail silently:
+
+* ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` (and Lightning's ``sync_batchnorm=True``) turns
+  every ``_BatchNorm`` into a plain ``SyncBatchNorm``, dropping the l2 step. Use
+  :meth:`l2bn_lit.SyncL2BN.convert_sync_batchnorm` or :class:`l2bn_lit.L2BNLayerSync`.
+* ``torch.nn.utils.fusion.fuse_conv_bn_eval`` folds whatever running statistics it is handed into
+  the convolution and so silently drops the per-sample l2 step (the folded model is wrong). The
+  matchers of ``torch.ao.quantization.fuse_modules`` and of torch.fx fusion compare exact types and
+  leave L2BN alone; do not fold L2BN into a convolution by hand either.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .functional import l2_batch_norm
+
+__all__ = ["L2BN1d", "L2BN2d", "L2BN3d"]
+
+
+class _L2BNBase(_BatchNorm):
+    """Shared L2BN module logic; subclasses fix the accepted input rank."""
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        l2_eps: float = 1e-12,
+        rescale: bool = False,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, device=device, dtype=dtype)
+        if l2_eps <= 0:
+            raise ValueError(f"l2_eps must be positive, got {l2_eps}")
+        self.l2_eps = l2_eps
+        self.rescale = rescale
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, l2_eps={self.l2_eps}, rescale={self.rescale}"
+
+    def _batch_norm_arguments(self) -> tuple[Tensor | None, Tensor | None, bool, float]:
+        """Running buffers to pass, whether to use batch statistics, and the averaging factor,
+        decided exactly as ``torch.nn.modules.batchnorm._BatchNorm.forward`` decides them."""
+        factor = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats and self.num_batches_tracked is not None:
+            self.num_batches_tracked.add_(1)
+            factor = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+        use_batch_stats = self.training or (self.running_mean is None and self.running_var is None)
+        pass_buffers = not self.training or self.track_running_stats
+        running_mean = self.running_mean if pass_buffers else None
+        running_var = self.running_var if pass_buffers else None
+        return running_mean, running_var, use_batch_stats, factor
+
+    def forward(self, input: Tensor) -> Tensor:
+        self._check_input_dim(input)
+        running_mean, running_var, use_batch_stats, factor = self._batch_norm_arguments()
+        return l2_batch_norm(
+            input,
+            running_mean,
+            running_var,
+            self.weight,
+            self.bias,
+            use_batch_stats,
+            factor,
+            self.eps,
+            self.l2_eps,
+            self.rescale,
+        )
+
+
+class L2BN1d(_L2BNBase):
+    """L2BN over a 2D ``(N, C)`` or 3D ``(N, C, L)`` input; the per-sample norm covers all of
+    ``C`` (and ``L``). Output: same shape."""
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() not in (2, 3):
+            raise ValueError(f"expected 2D or 3D input (got {input.dim()}D input)")
+
+
+class L2BN2d(_L2BNBase):
+    """L2BN over a 4D ``(N, C, H, W)`` input: each sample's ``C*H*W`` features are l2-normalized,
+    then batch-normalized per channel over ``(N, H, W)``. Output: same shape."""
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() != 4:
+            raise ValueError(f"expected 4D input (got {input.dim()}D input)")
+
+
+class L2BN3d(_L2BNBase):
+    """L2BN over a 5D ``(N, C, D, H, W)`` input. Output: same shape."""
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() != 5:
+            raise ValueError(f"expected 5D input (got {input.dim()}D input)")

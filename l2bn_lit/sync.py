@@ -1,0 +1,154 @@
+"""SyncL2BN: L2BN whose batch statistics are reduced across a process group.
+
+The per-sample l2 step needs no communication and stays local. The channel statistics of the
+l2-normalized tensor are reduced with two differentiable all-reduces of ``(C,)`` vectors (sums,
+then squared deviations from the global mean, so no cancellation), which works on gloo/CPU as well
+as NCCL/GPU. torch's own ``SyncBatchNorm`` refuses CPU tensors, so nothing here depends on it.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_fn
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from .functional import _accumulation_dtype, _expand, _sample_scale, _to_finite, _update_running_stats
+from .layers import _L2BNBase
+
+__all__ = ["SyncL2BN", "replace_modules", "transfer_norm_state"]
+
+
+def replace_modules(model: nn.Module, swap: Callable[[nn.Module], nn.Module | None]) -> nn.Module:
+    """Replaces, depth first and in place, every module for which ``swap`` returns a new module.
+
+    Returns the new root (``model`` itself unless ``swap`` replaced the root).
+    """
+    replacement = swap(model)
+    if replacement is not None:
+        return replacement
+    for name, child in model.named_children():
+        new_child = replace_modules(child, swap)
+        if new_child is not child:
+            setattr(model, name, new_child)
+    return model
+
+
+def transfer_norm_state(source: _BatchNorm, target_cls: type[_BatchNorm], **options: Any) -> _BatchNorm:
+    """Builds ``target_cls`` with ``source``'s configuration and takes over its parameters (the
+    same Parameter objects), running statistics, train/eval mode and ``qconfig``."""
+    weight = source.weight
+    reference = weight if weight is not None else source.running_mean
+    factory = {} if reference is None else {"device": reference.device, "dtype": reference.dtype}
+    target = target_cls(
+        source.num_features,
+        eps=source.eps,
+        momentum=source.momentum,
+        affine=source.affine,
+        track_running_stats=source.track_running_stats,
+        **(factory | options),
+    )
+    if source.affine:
+        target.weight = source.weight
+        target.bias = source.bias
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        setattr(target, name, getattr(source, name))
+    target.train(source.training)
+    if hasattr(source, "qconfig"):
+        target.qconfig = source.qconfig
+    return target
+
+
+class SyncL2BN(_L2BNBase):
+    """L2BN for distributed data parallel training: batch statistics over all processes.
+
+    Accepts any input ``(N, C, *)``. Outside training, without an initialized process group, or
+    with a world of one process it behaves exactly as :class:`l2bn_lit.L2BN2d` (of matching rank).
+
+    Args: as :class:`l2bn_lit.L2BN2d`, plus ``process_group`` (default: the whole world).
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: float | None = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        l2_eps: float = 1e-12,
+        rescale: bool = False,
+        process_group: Any = None,
+        device: Any = None,
+        dtype: Any = None,
+    ) -> None:
+        super().__init__(num_features, eps, momentum, affine, track_running_stats, l2_eps, rescale, device, dtype)
+        self.process_group = process_group
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+
+    def _world_size(self) -> int:
+        if not (dist.is_available() and dist.is_initialized()):
+            return 1
+        return dist.get_world_size(self.process_group)
+
+    def forward(self, input: Tensor) -> Tensor:
+        if not self.training or self._world_size() == 1:
+            return super().forward(input)
+        self._check_input_dim(input)
+        running_mean, running_var, _, factor = self._batch_norm_arguments()
+        return self._synced_forward(input, running_mean, running_var, factor)
+
+    def _all_reduce(self, t: Tensor) -> Tensor:
+        group = self.process_group if self.process_group is not None else dist.group.WORLD
+        return dist_fn.all_reduce(t, group=group)
+
+    def _synced_forward(
+        self, x: Tensor, running_mean: Tensor | None, running_var: Tensor | None, factor: float
+    ) -> Tensor:
+        """Differentiable L2BN with statistics all-reduced over the process group."""
+        acc = _accumulation_dtype(x.dtype)
+        spatial = math.prod(x.shape[2:])
+        dims = tuple(range(2, x.dim()))
+        xa = x.to(acc)
+        v, m = torch.var_mean(xa, dim=dims, correction=0) if dims else (torch.zeros_like(xa), xa)
+        norm = torch.linalg.vector_norm(xa.flatten(1), 2, dim=1)  # differentiable at 0, unlike sqrt
+        s = _sample_scale(norm, x[0].numel(), self.l2_eps, self.rescale)[:, None]
+        sm = s * m  # (N, C) per-sample means of xh
+
+        local_count = torch.full((1,), float(x.shape[0] * spatial), dtype=acc, device=x.device)
+        totals = self._all_reduce(torch.cat([sm.sum(0) * spatial, local_count]))
+        count = totals[-1]
+        mu = totals[:-1] / count
+        d = sm - mu
+        var = self._all_reduce((s.square() * v + d.square()).sum(0) * spatial) / count
+        invstd = (var + self.eps).rsqrt()
+        gain = invstd if self.weight is None else self.weight.to(acc) * invstd
+        shift = gain * d if self.bias is None else gain * d + self.bias.to(acc)
+        scale = s * gain
+        y = x * _expand(_to_finite(scale, x.dtype), x) + _expand(_to_finite(shift - scale * m, x.dtype), x)
+        with torch.no_grad():
+            _update_running_stats(running_mean, running_var, mu, var, int(count.item()), factor)
+        return y
+
+    @classmethod
+    def convert_sync_batchnorm(cls, module: nn.Module, process_group: Any = None) -> nn.Module:
+        """Replaces every L2BN layer of ``module`` with SyncL2BN, in place (plain BatchNorm is left
+        alone; convert it with ``torch.nn.SyncBatchNorm.convert_sync_batchnorm`` on GPU)."""
+
+        def swap(child: nn.Module) -> nn.Module | None:
+            if isinstance(child, _L2BNBase) and not isinstance(child, SyncL2BN):
+                synced = transfer_norm_state(
+                    child, cls, l2_eps=child.l2_eps, rescale=child.rescale, process_group=process_group
+                )
+                synced._original_type = type(child)
+                return synced
+            return None
+
+        return replace_modules(module, swap)
