@@ -23,11 +23,41 @@ from typing import Any
 
 import torch
 from torch import Tensor
+from torch.fx._symbolic_trace import is_fx_symbolic_tracing
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .functional import l2_batch_norm
 
 __all__ = ["L2BN1d", "L2BN2d", "L2BN3d"]
+
+
+def _check_rank(input: Tensor, ranks: tuple[int, ...] | None) -> None:
+    if ranks is None:
+        if input.dim() < 2:
+            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
+    elif input.dim() not in ranks:
+        expected = " or ".join(f"{r}D" for r in ranks)
+        raise ValueError(f"expected {expected} input (got {input.dim()}D input)")
+
+
+@torch.fx.wrap
+def _l2bn_module_forward(
+    input: Tensor,
+    ranks: tuple[int, ...] | None,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+    l2_eps: float,
+    rescale: bool,
+) -> Tensor:
+    """Rank check plus :func:`l2_batch_norm`, one leaf call for torch.fx symbolic tracing (used by
+    torchvision's feature extraction and fx fusion), which cannot trace data-dependent checks."""
+    _check_rank(input, ranks)
+    return l2_batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps, l2_eps, rescale)
 
 
 class _L2BNBase(_BatchNorm):
@@ -67,11 +97,19 @@ class _L2BNBase(_BatchNorm):
         running_var = self.running_var if pass_buffers else None
         return running_mean, running_var, use_batch_stats, factor
 
+    #: accepted input ranks (None: any rank >= 2)
+    _ranks: tuple[int, ...] | None = None
+
+    def _check_input_dim(self, input: Tensor) -> None:
+        _check_rank(input, self._ranks)
+
     def forward(self, input: Tensor) -> Tensor:
-        self._check_input_dim(input)
+        if not is_fx_symbolic_tracing():  # check before num_batches_tracked moves, as BatchNorm does
+            self._check_input_dim(input)
         running_mean, running_var, use_batch_stats, factor = self._batch_norm_arguments()
-        return l2_batch_norm(
+        return _l2bn_module_forward(
             input,
+            self._ranks,
             running_mean,
             running_var,
             self.weight,
@@ -88,23 +126,17 @@ class L2BN1d(_L2BNBase):
     """L2BN over a 2D ``(N, C)`` or 3D ``(N, C, L)`` input; the per-sample norm covers all of
     ``C`` (and ``L``). Output: same shape."""
 
-    def _check_input_dim(self, input: Tensor) -> None:
-        if input.dim() not in (2, 3):
-            raise ValueError(f"expected 2D or 3D input (got {input.dim()}D input)")
+    _ranks = (2, 3)
 
 
 class L2BN2d(_L2BNBase):
     """L2BN over a 4D ``(N, C, H, W)`` input: each sample's ``C*H*W`` features are l2-normalized,
     then batch-normalized per channel over ``(N, H, W)``. Output: same shape."""
 
-    def _check_input_dim(self, input: Tensor) -> None:
-        if input.dim() != 4:
-            raise ValueError(f"expected 4D input (got {input.dim()}D input)")
+    _ranks = (4,)
 
 
 class L2BN3d(_L2BNBase):
     """L2BN over a 5D ``(N, C, D, H, W)`` input. Output: same shape."""
 
-    def _check_input_dim(self, input: Tensor) -> None:
-        if input.dim() != 5:
-            raise ValueError(f"expected 5D input (got {input.dim()}D input)")
+    _ranks = (5,)

@@ -14,7 +14,6 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.distributed.nn.functional as dist_fn
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -64,6 +63,23 @@ def transfer_norm_state(source: _BatchNorm, target_cls: type[_BatchNorm], **opti
     return target
 
 
+class _AllReduceSum(torch.autograd.Function):
+    """Differentiable sum over the process group: the gradient of a sum is the summed gradient."""
+
+    @staticmethod
+    def forward(ctx, tensor: Tensor, group: Any) -> Tensor:
+        ctx.group = group
+        out = tensor.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(out, group=group)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad = grad.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
+
+
 class SyncL2BN(_L2BNBase):
     """L2BN for distributed data parallel training: batch statistics over all processes.
 
@@ -89,10 +105,6 @@ class SyncL2BN(_L2BNBase):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, l2_eps, rescale, device, dtype)
         self.process_group = process_group
 
-    def _check_input_dim(self, input: Tensor) -> None:
-        if input.dim() < 2:
-            raise ValueError(f"expected at least 2D input (got {input.dim()}D input)")
-
     def _world_size(self) -> int:
         if not (dist.is_available() and dist.is_initialized()):
             return 1
@@ -106,8 +118,7 @@ class SyncL2BN(_L2BNBase):
         return self._synced_forward(input, running_mean, running_var, factor)
 
     def _all_reduce(self, t: Tensor) -> Tensor:
-        group = self.process_group if self.process_group is not None else dist.group.WORLD
-        return dist_fn.all_reduce(t, group=group)
+        return _AllReduceSum.apply(t, self.process_group)
 
     def _synced_forward(
         self, x: Tensor, running_mean: Tensor | None, running_var: Tensor | None, factor: float

@@ -1,0 +1,55 @@
+"""Runs a function in N spawned processes joined in a gloo process group, with a hard timeout."""
+
+from __future__ import annotations
+
+import os
+import queue
+import tempfile
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def _worker(fn: Callable, rank: int, world_size: int, init_file: str, results: Any, args: tuple) -> None:
+    try:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+        try:
+            results.put((rank, "ok", fn(rank, world_size, *args)))
+        finally:
+            dist.destroy_process_group()
+    except BaseException:  # report every failure to the parent instead of hanging it
+        results.put((rank, "error", traceback.format_exc()))
+
+
+def run_distributed(fn: Callable, world_size: int, *args: Any, timeout: float = 120.0) -> list[Any]:
+    """Returns ``[fn(rank, world_size, *args) for each rank]``; raises if any rank fails or the
+    group does not finish within ``timeout`` seconds (stragglers are killed)."""
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file = os.path.join(tmp, "rendezvous")
+        procs = [
+            ctx.Process(target=_worker, args=(fn, rank, world_size, init_file, results, args))
+            for rank in range(world_size)
+        ]
+        for p in procs:
+            p.start()
+        collected: dict[int, Any] = {}
+        try:
+            for _ in range(world_size):
+                rank, status, value = results.get(timeout=timeout)
+                if status == "error":
+                    raise RuntimeError(f"rank {rank} failed:\n{value}")
+                collected[rank] = value
+        except queue.Empty:
+            raise TimeoutError(f"distributed run did not finish in {timeout} s") from None
+        finally:
+            for p in procs:
+                p.join(timeout=10)
+                if p.is_alive():
+                    p.kill()
+                    p.join()
+    return [collected[r] for r in range(world_size)]
