@@ -115,17 +115,9 @@ def main() -> None:
     table = pd.DataFrame(rows)
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
           f"compile={args.compile}, {args.repeats} interleaved repeats (medians)")
-    print(table.to_markdown(index=False) if _has_tabulate() else table.to_string(index=False))
+    print(table.to_markdown(index=False))
     if args.csv:
         table.to_csv(args.csv, index=False)
-
-
-def _has_tabulate() -> bool:
-    try:
-        import tabulate  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 if __name__ == "__main__":

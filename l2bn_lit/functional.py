@@ -64,19 +64,25 @@ def _centre(x: Tensor, acc: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
     """
     spatial = tuple(range(2, x.dim()))
     size = x[0, 0].numel()
-    m = x.sum(spatial, dtype=acc) / size if spatial else x.to(acc)
+    m = x.mean(spatial, dtype=acc) if spatial else x.to(acc)
     xc = torch.sub(x, _expand(m, x).to(x.dtype))
     if not spatial:
         return xc, m, torch.zeros_like(m)
-    v = torch.linalg.vector_norm(xc, 2, dim=spatial, dtype=acc).square() / size
-    return xc, m, v
+    if x.is_contiguous() or x.dtype in (torch.float16, torch.bfloat16):
+        # inner-dim reduction (fast), or a low-precision square that could overflow
+        sq = torch.linalg.vector_norm(xc, 2, dim=spatial, dtype=acc).square()
+    else:
+        # other layouts (channels_last): vector_norm's strided reduction is 4-15x slower
+        sq = (xc * xc).sum(spatial, dtype=acc)
+    return xc, m, sq / size
 
 
-def _grad_sums(grad: Tensor, x: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-(sample, channel) ``sum(grad)`` and ``sum(grad * (x - m))``, both ``(N, C)`` in ``m``'s dtype."""
+def _grad_sums(grad: Tensor, x: Tensor, xc: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-(sample, channel) ``sum(grad)`` and ``sum(grad * xc)`` with ``xc = x - m``, both
+    ``(N, C)`` in ``m``'s dtype."""
     n, c = x.shape[:2]
     if x.dim() == 2:
-        return grad.to(m.dtype), (grad * (x - m.to(x.dtype))).to(m.dtype)
+        return grad.to(m.dtype), (grad * xc).to(m.dtype)
     x_rows = _as_rows(x)
     if x_rows is not None and m.dtype == torch.float32:
         # Batch norm's fused backward reduction on the (1, N*C, S) view: one pass over (grad, x).
@@ -87,9 +93,7 @@ def _grad_sums(grad: Tensor, x: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
         )
         return g_sum.view(n, c), g_xc.view(n, c)
     spatial = tuple(range(2, x.dim()))
-    g_sum = grad.sum(spatial, dtype=m.dtype)
-    g_xc = (grad * (x - _expand(m, x).to(x.dtype))).sum(spatial, dtype=m.dtype)
-    return g_sum, g_xc
+    return grad.sum(spatial, dtype=m.dtype), (grad * xc).sum(spatial, dtype=m.dtype)
 
 
 def _expand(t: Tensor, like: Tensor) -> Tensor:
@@ -144,15 +148,17 @@ class _L2BatchNormTrain(torch.autograd.Function):
         acc = _accumulation_dtype(x.dtype)
 
         y, m, v = _centre(x, acc)  # y = x - m for now; m, v: (N, C)
-        sq_norm = (v + m.square()).sum(1) * spatial  # ||x[n]||^2, (N,)
-        s = _sample_scale(sq_norm.sqrt(), size, l2_eps, rescale)[:, None]  # (N, 1)
+        sq_norm = torch.addcmul(v, m, m).sum(1).mul_(spatial)  # ||x[n]||^2, (N,)
+        # s[n] = k / max(||x[n]||, l2_eps); rsqrt(0) = inf is clamped as max() would
+        k = math.sqrt(size) if rescale else 1.0
+        s = sq_norm.rsqrt().clamp_max_(1.0 / l2_eps).mul_(k)[:, None]  # (N, 1)
         d = s * m
         mu = d.mean(0)  # (C,) batch mean of xh
-        d = d - mu  # (N, C) per-sample mean of xh, centred
-        var = (s.square() * v + d.square()).mean(0)  # (C,) biased batch variance of xh
-        invstd = (var + eps).rsqrt()
+        d.sub_(mu)  # (N, C) per-sample mean of xh, centred
+        var = torch.addcmul(d.square(), s.square(), v).mean(0)  # (C,) biased batch variance of xh
+        invstd = (var + eps).rsqrt_()
         gain = invstd if weight is None else weight.to(acc) * invstd  # (C,)
-        shift = gain * d if bias is None else gain * d + bias.to(acc)  # (N, C)
+        shift = gain * d if bias is None else torch.addcmul(bias.to(acc), gain, d)  # (N, C)
         # y = gain * s * (x - m) + gain * d + bias, written over the centred buffer
         y.mul_(_expand(_to_finite(s * gain, x.dtype), x)).add_(_expand(_to_finite(shift, x.dtype), x))
 
@@ -169,27 +175,28 @@ class _L2BatchNormTrain(torch.autograd.Function):
         spatial = x[0, 0].numel()
         count = n * spatial
 
-        g_sum, g_xc = _grad_sums(grad, x, m)  # (N, C)
+        dtype = x.dtype
+        grad_x = torch.sub(x, _expand(m.to(dtype), x))  # x - m; becomes grad_x below
+        g_sum, g_xc = _grad_sums(grad, x, grad_x, m)  # (N, C)
         grad_bias = g_sum.sum(0)  # (C,)
         # sum over (n, *) of grad * xhat, where xhat = invstd * (s * (x - m) + d)
-        grad_gain = invstd * (s * g_xc + d * g_sum).sum(0)  # (C,)
+        grad_gain = torch.addcmul(s * g_xc, d, g_sum).sum(0).mul_(invstd)  # (C,)
 
         # Batch-norm backward, w.r.t. xh = s * x: dxh = gain * grad - u * s * (x - m) - w
-        u = gain * invstd * grad_gain / count  # (C,)
-        w = gain * (grad_bias + invstd * d * grad_gain) / count  # (N, C)
+        scaled = invstd * grad_gain / count  # (C,)
+        u = gain * scaled  # (C,)
+        w = torch.addcmul(grad_bias / count, d, scaled).mul_(gain)  # (N, C)
         # <dxh[n], x[n]> from the per-(n, c) sums alone, for the l2 step's radial projection
-        sum_dxh = gain * g_sum - spatial * w
-        dot = (gain * g_xc - u * s * v * spatial + m * sum_dxh).sum(1)  # (N,)
-        norm = sq_norm.sqrt()
-        radial = torch.where(norm > ctx.l2_eps, dot / sq_norm, torch.zeros_like(dot))[:, None]
+        sum_dxh = torch.sub(gain * g_sum, w, alpha=spatial)
+        dot = torch.addcmul(gain * g_xc, m, sum_dxh).sub_(u * (s * v), alpha=spatial).sum(1)  # (N,)
+        # no radial term where the norm was clamped to l2_eps
+        radial = (dot / sq_norm).masked_fill_(sq_norm <= ctx.l2_eps**2, 0.0)[:, None]
 
         # grad_x = s * (dxh - radial * x) = coef_g * grad + coef_x * (x - m) + const, centred so
         # that a large mean cannot cancel
         coef_g = s * gain
-        coef_x = -(s.square() * u + s * radial)
-        const = -s * (w + radial * m)
-        dtype = x.dtype
-        grad_x = torch.sub(x, _expand(m.to(dtype), x))
+        coef_x = torch.addcmul(s.square() * u, s, radial).neg_()
+        const = torch.addcmul(w, radial, m).mul_(s).neg_()
         grad_x.mul_(_expand(_to_finite(coef_x, dtype), x)).add_(_expand(_to_finite(const, dtype), x))
         grad_x.addcmul_(grad, _expand(_to_finite(coef_g, dtype), x))
 

@@ -33,11 +33,27 @@ class TinyL2BNNet(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
 
     def train_dataloader(self) -> DataLoader:
-        gen = torch.Generator().manual_seed(1)
-        data = TensorDataset(torch.randn(32, 3, 8, 8, generator=gen) * 3 + 1, torch.randint(0, 4, (32,), generator=gen))
-        # deterministic sharding (Lightning's own DistributedSampler shuffles training data)
-        shard = torch.arange(self.global_rank, len(data), self.trainer.world_size)
-        return DataLoader(torch.utils.data.Subset(data, shard), batch_size=self.hparams.batch_size)
+        return _sharded_loader(self.trainer, self.hparams.batch_size)
+
+
+def _sharded_loader(trainer: pl.Trainer, batch_size: int) -> DataLoader:
+    """32 fixed random samples, sharded rank::world_size without shuffling (Lightning's own
+    DistributedSampler shuffles training data)."""
+    gen = torch.Generator().manual_seed(1)
+    data = TensorDataset(torch.randn(32, 3, 8, 8, generator=gen) * 3 + 1, torch.randint(0, 4, (32,), generator=gen))
+    shard = torch.arange(trainer.global_rank, len(data), trainer.world_size)
+    return DataLoader(torch.utils.data.Subset(data, shard), batch_size=batch_size)
+
+
+class TinyData(pl.LightningDataModule):
+    """The same samples as :class:`TinyL2BNNet`'s own loader, as a datamodule for the CLI."""
+
+    def __init__(self, batch_size: int = 4) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+
+    def train_dataloader(self) -> DataLoader:
+        return _sharded_loader(self.trainer, self.batch_size)
 
 
 class AssertSynced(Callback):

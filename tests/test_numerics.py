@@ -152,8 +152,9 @@ def test_float32_hard_inputs(kind, shape, layout):
     exact = run(x32.double(), grad64, w64, b64, lambda *a: reference_l2bn(*a, training=True))
     names = ["output", "grad_input", "grad_weight", "grad_bias", "running_mean", "running_var"]
     # With two values per channel (a (2, C) batch) BN's output is +-1 whatever the input, so its
-    # input gradient is pure cancellation, of the relative size of eps: a looser floor there.
-    floor = 1e-4 if x64.numel() // c == 2 else 2e-6
+    # input gradient is what is left after cancelling terms var/eps (~1e4 here) times larger:
+    # float32 rounding (6e-8) times that condition number is the floor there.
+    floor = 1e-3 if x64.numel() // c == 2 else 2e-6
     for name, a, c, e in zip(names, ours, composite, exact):
         assert torch.isfinite(a).all(), name
         scale = e.abs().max().item() or 1.0

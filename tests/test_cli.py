@@ -1,0 +1,30 @@
+"""The CLI turns --trainer.sync_batchnorm true into L2BNLayerSync, never into plain SyncBatchNorm."""
+
+from __future__ import annotations
+
+import pytest
+from pytorch_lightning.plugins.layer_sync import TorchSyncBatchNorm
+
+from l2bn_lit import L2BNLayerSync
+from l2bn_lit.cli import main, with_l2bn_layer_sync
+
+BASE = ["--model", "lit_models.TinyL2BNNet", "--data", "lit_models.TinyData", "--trainer.accelerator", "cpu",
+        "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.logger", "false"]
+
+
+def _layer_sync(args):
+    cli = main(BASE + args, run=False)
+    return cli.trainer.strategy._layer_sync
+
+
+def test_sync_batchnorm_flag_installs_l2bn_layer_sync():
+    assert isinstance(_layer_sync(["--trainer.sync_batchnorm", "true"]), L2BNLayerSync)
+    assert _layer_sync([]) is None
+
+
+def test_plugin_list_gets_l2bn_layer_sync_once_and_conflicts_are_refused():
+    existing = L2BNLayerSync()
+    assert with_l2bn_layer_sync([existing]) == [existing]
+    assert isinstance(with_l2bn_layer_sync(None)[0], L2BNLayerSync)
+    with pytest.raises(ValueError, match="replaces the LayerSync plugin\\(s\\) TorchSyncBatchNorm"):
+        with_l2bn_layer_sync([TorchSyncBatchNorm()])
