@@ -15,9 +15,10 @@ per-(sample, channel) mean ``m[n, c]`` and centred sum of squares ``q[n, c]`` of
 * channel variance of ``xh`` (Chan's parallel formula, no cancellation):
   ``var[c] = mean_n(s[n]^2 * q[n, c] / S + (s[n] * m[n, c] - mu[c])^2)``.
 
-So the forward pass is one reduction pass and one affine pass over ``x`` (as batch norm's),
-and the analytic backward is one reduction pass over ``(grad, x)`` and one elementwise pass; only
-``x`` is kept for backward, as batch norm keeps it. The small ``(N, C)`` algebra runs in float32
+The training forward is a mean pass, a centring pass that writes ``x - m`` into the output
+buffer, a sum-of-squares pass over it and an in-place affine; the analytic backward is one fused
+reduction over ``(grad, x)`` (batch norm's own kernel) and an elementwise pass into one new buffer.
+Only ``x`` is kept for backward, as batch norm keeps it. The small ``(N, C)`` algebra runs in float32
 (float64 for float64 input) whatever the input dtype, so float16/bfloat16 inputs whose squared
 norms exceed their range (e.g. 65504 for float16) still give finite, float32-accurate statistics.
 

@@ -87,8 +87,9 @@ def create_norm(kind: str, num_features: int, dim: int = 2, **options) -> nn.Mod
 
 
 def _rank_of(module: _BatchNorm) -> int | None:
+    """Input rank of an exact BatchNorm1d/2d/3d or L2BN1d/2d/3d (subclasses excluded)."""
     for rank, (bn, l2bn) in enumerate(zip(_BN.values(), _L2BN.values()), start=1):
-        if isinstance(module, (bn, l2bn)):
+        if type(module) in (bn, l2bn):
             return rank
     return None
 
@@ -119,15 +120,18 @@ def convert_norm(model: nn.Module, kind: str, **options) -> nn.Module:
         is_l2bn = isinstance(module, (_L2BNBase, SyncL2BN))
         if is_l2bn == (kind == "l2bn") and not options:
             return None
-        if isinstance(module, (nn.SyncBatchNorm, SyncL2BN)):
+        if type(module) in (nn.SyncBatchNorm, SyncL2BN):
             target = SyncL2BN if kind == "l2bn" else nn.SyncBatchNorm
             extra = {"process_group": module.process_group}
         else:
             rank = _rank_of(module)
             if rank is None:
                 raise TypeError(
-                    f"convert_norm: cannot tell the input rank of {type(module).__name__}; "
-                    "convert BatchNorm1d/2d/3d, SyncBatchNorm or L2BN layers"
+                    f"convert_norm cannot convert {type(module).__qualname__}: only BatchNorm1d/2d/3d, "
+                    "SyncBatchNorm and the L2BN classes themselves are converted, since a subclass may "
+                    "add behaviour that the swap would silently drop (timm's BatchNormAct2d carries an "
+                    "activation, Lightning's _BatchNormXd has no fixed rank); replace such layers "
+                    "explicitly, e.g. with get_norm_layer('l2bn')"
                 )
             target = (_L2BN if kind == "l2bn" else _BN)[rank]
             extra = {}

@@ -102,12 +102,17 @@ def test_convert_rejects_unknown_kind_and_options():
         convert_norm(nn.BatchNorm2d(3), "l2bn", rescal=True)
 
 
-def test_convert_refuses_batch_norm_of_unknown_rank():
-    class MyNorm(_BatchNorm):
+def test_convert_refuses_batch_norm_subclasses_instead_of_dropping_their_behaviour():
+    class BatchNormAct2d(nn.BatchNorm2d):  # the shape of timm's norm + activation layer
+        def forward(self, x):
+            return torch.relu(super().forward(x))
+
+    class NoRank(_BatchNorm):
         pass
 
-    with pytest.raises(TypeError, match="cannot tell the input rank of MyNorm"):
-        convert_norm(nn.Sequential(MyNorm(3)), "l2bn")
+    for layer in (BatchNormAct2d(3), NoRank(3)):
+        with pytest.raises(TypeError, match=f"cannot convert .*{type(layer).__name__}: only BatchNorm1d"):
+            convert_norm(nn.Sequential(layer), "l2bn")
 
 
 @pytest.mark.parametrize("kind", NORM_KINDS)
