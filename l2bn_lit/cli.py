@@ -1,19 +1,38 @@
-"""The project's LightningCLI: subclass mode for models and data, L2BN-safe ``sync_batchnorm``.
+"""The project's LightningCLI.
 
-    python cli.py fit --config configs/<x>.yaml [--trainer.sync_batchnorm true ...]
+    python cli.py {fit,validate,test,predict} --config configs/<x>.yaml [--model.norm bn ...]
+
+- models and datamodules by ``class_path`` (subclass mode of ClassificationModule and
+  ClassificationDataModule); ``num_classes``, ``input_shape`` and ``class_names`` are linked from
+  the datamodule to the model, never typed twice;
+- ``--trainer.sync_batchnorm true`` installs :class:`l2bn_lit.L2BNLayerSync` (Lightning's own flag
+  would silently turn L2BN into plain SyncBatchNorm);
+- a CSV logger always, TensorBoard as well when installed, the Rich progress bar, and checkpoints of
+  the best (by ``val/acc``) and the last epoch; the resolved config is saved in the run folder;
+- ``--ckpt_path`` with options that contradict the checkpoint's architecture or norm is an error;
+- ``fit --test_after_fit true`` tests the best checkpoint at the end of fit.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import inspect
+from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.cli import LightningCLI
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
+from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.plugins.layer_sync import LayerSync
 
-from .layer_sync import L2BNLayerSync
+from datamodules.base import ClassificationDataModule
 
-__all__ = ["L2BNLightningCLI", "with_l2bn_layer_sync", "main"]
+from .layer_sync import L2BNLayerSync
+from .module import CheckpointMismatchError, ClassificationModule, architecture_mismatches
+
+__all__ = ["L2BNLightningCLI", "default_loggers", "with_l2bn_layer_sync", "main"]
 
 
 def with_l2bn_layer_sync(plugins: Any) -> list[Any]:
@@ -36,13 +55,70 @@ def with_l2bn_layer_sync(plugins: Any) -> list[Any]:
     return plugins
 
 
-class L2BNLightningCLI(LightningCLI):
-    """LightningCLI whose ``--trainer.sync_batchnorm true`` keeps L2BN layers L2BN.
+def _init_defaults(class_path: str) -> dict[str, Any]:
+    """Default values of the ``__init__`` arguments of ``class_path`` and its bases."""
+    module_name, _, name = class_path.rpartition(".")
+    cls = getattr(importlib.import_module(module_name), name)
+    defaults: dict[str, Any] = {}
+    for klass in reversed(cls.__mro__):
+        init = klass.__dict__.get("__init__")
+        if init is None:
+            continue
+        for param in inspect.signature(init).parameters.values():
+            if param.default is not inspect.Parameter.empty:
+                defaults[param.name] = param.default
+    return defaults
 
-    Lightning's own ``sync_batchnorm`` turns every batch-norm subclass, L2BN included, into plain
-    ``SyncBatchNorm``; here the flag installs :class:`l2bn_lit.L2BNLayerSync` instead (L2BN ->
-    SyncL2BN, BN -> SyncBatchNorm on GPU, both reverted after fit).
+
+def default_loggers(save_dir: str = "runs") -> list[dict[str, Any]]:
+    """CSV always (machine-readable metrics per run); TensorBoard too when a backend is installed.
+
+    The run folder (config, checkpoints, metrics.csv, test reports) is ``<save_dir>/csv/version_<n>``.
     """
+    loggers = [{"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": save_dir, "name": "csv"}}]
+    if any(importlib.util.find_spec(name) for name in ("tensorboard", "tensorboardX")):
+        tensorboard = {"save_dir": save_dir, "name": "tensorboard"}
+        loggers.append({"class_path": "pytorch_lightning.loggers.TensorBoardLogger", "init_args": tensorboard})
+    return loggers
+
+
+class L2BNLightningCLI(LightningCLI):
+    """LightningCLI for the classification pipelines (see the module docstring)."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        for source in ("num_classes", "input_shape", "class_names"):
+            parser.link_arguments(f"data.{source}", f"model.init_args.{source}", apply_on="instantiate")
+        parser.add_argument("--test_after_fit", type=bool, default=False, help="fit: test the best checkpoint at the end")
+        parser.set_defaults({"trainer.logger": default_loggers()})
+
+    def _parse_ckpt_path(self) -> None:
+        """Refuses a ``--ckpt_path`` whose architecture or norm contradicts the given options,
+        before Lightning replaces the model options with the checkpoint's.
+
+        An option left at its default cannot be told from one set to the default value: those
+        take the checkpoint's value (the checkpoint then defines the model, as Lightning does).
+        """
+        subcommand = self.config.get("subcommand")
+        ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
+        model = self.config[subcommand].get("model") if subcommand else None
+        if ckpt_path and Path(ckpt_path).is_file() and model is not None and model.get("init_args") is not None:
+            saved = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+            defaults = _init_defaults(model["class_path"])
+            given = dict(model["init_args"])
+            keys = tuple(k for k in ("arch", "norm", "norm_options") if k in given and given[k] != defaults.get(k))
+            mismatches = architecture_mismatches(given, saved, keys)
+            if mismatches:
+                raise CheckpointMismatchError(
+                    f"--ckpt_path {ckpt_path} disagrees with the config/options: {mismatches}. Pass the "
+                    "config the checkpoint was trained with (or leave these options out: the "
+                    "checkpoint's own settings are then used)."
+                )
+        super()._parse_ckpt_path()
+
+    def after_fit(self) -> None:
+        if self.config[self.subcommand].get("test_after_fit"):
+            has_best = any(isinstance(cb, ModelCheckpoint) and cb.best_model_path for cb in self.trainer.callbacks)
+            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if has_best else None)
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         trainer_config = self._get(self.config_init, "trainer", default={})
@@ -54,11 +130,17 @@ class L2BNLightningCLI(LightningCLI):
 def main(args: list[str] | None = None, run: bool = True) -> L2BNLightningCLI:
     """Entry point of ``cli.py``; ``args``/``run`` as LightningCLI's (for tests and notebooks)."""
     return L2BNLightningCLI(
-        pl.LightningModule,
-        pl.LightningDataModule,
+        ClassificationModule,
+        ClassificationDataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
+        trainer_defaults={
+            "callbacks": [
+                ModelCheckpoint(monitor="val/acc", mode="max", save_last=True, filename="best-{epoch}"),
+                RichProgressBar(),
+            ]
+        },
         args=args,
         run=run,
     )

@@ -45,17 +45,6 @@ def _sharded_loader(trainer: pl.Trainer, batch_size: int) -> DataLoader:
     return DataLoader(torch.utils.data.Subset(data, shard), batch_size=batch_size)
 
 
-class TinyData(pl.LightningDataModule):
-    """The same samples as :class:`TinyL2BNNet`'s own loader, as a datamodule for the CLI."""
-
-    def __init__(self, batch_size: int = 4) -> None:
-        super().__init__()
-        self.batch_size = batch_size
-
-    def train_dataloader(self) -> DataLoader:
-        return _sharded_loader(self.trainer, self.batch_size)
-
-
 class AssertSynced(Callback):
     """Fails the run unless every L2BN layer is a SyncL2BN while training."""
 

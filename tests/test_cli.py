@@ -8,7 +8,8 @@ from pytorch_lightning.plugins.layer_sync import TorchSyncBatchNorm
 from l2bn_lit import L2BNLayerSync
 from l2bn_lit.cli import main, with_l2bn_layer_sync
 
-BASE = ["--model", "lit_models.TinyL2BNNet", "--data", "lit_models.TinyData", "--trainer.accelerator", "cpu",
+BASE = ["--model", "models.ImageClassifier", "--model.arch", "small_cnn", "--data", "datamodules.DigitsDataModule",
+        "--trainer.accelerator", "cpu",
         "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.logger", "false"]
 
 

@@ -1,0 +1,121 @@
+"""Shared datamodule logic: a seeded validation split carved from the training set, and loaders.
+
+The test split is never used for model selection: validation always comes from training data.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+
+import pytorch_lightning as pl
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+
+class EpochShuffleSampler(Sampler[int]):
+    """Shuffles with a permutation that depends only on ``(seed, epoch)``.
+
+    Lightning calls ``set_epoch`` at each epoch, so a run resumed from a checkpoint sees the
+    same order as an uninterrupted one (a plain ``shuffle=True`` draws from the global RNG, whose
+    state is not checkpointed).
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size = size
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
+class ClassificationDataModule(pl.LightningDataModule):
+    """Base for the image (and audio) classification datamodules.
+
+    Subclasses implement :meth:`build_datasets` and set ``num_classes``, ``input_shape`` (one
+    sample's shape) and ``class_names`` in ``__init__``: the CLI links them to the model before
+    anything is loaded.
+
+    Args:
+        root: folder holding (or receiving) the data.
+        batch_size: samples per batch (per process under DDP).
+        val_fraction: share of the training set held out for validation (seeded).
+        split_seed: seed of that split; the same seed gives the same split on every machine.
+        num_workers, pin_memory, persistent_workers: DataLoader options.
+    """
+
+    num_classes: int
+    input_shape: list[int]
+    class_names: list[str]
+
+    def __init__(
+        self,
+        root: str,
+        batch_size: int = 128,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+    ) -> None:
+        super().__init__()
+        if not 0 < val_fraction < 1:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        self.root = root
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.split_seed = split_seed
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.train_set: Dataset | None = None
+        self.val_set: Dataset | None = None
+        self.test_set: Dataset | None = None
+
+    @abstractmethod
+    def build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
+        """Returns ``(train, train_with_eval_transforms, test)``; the first two index the same samples."""
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        train, train_eval, test = self.build_datasets()
+        n = len(train)
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed)).tolist()
+        n_val = max(1, round(self.val_fraction * n))
+        self.train_set = Subset(train, order[n_val:])
+        self.val_set = Subset(train_eval, order[:n_val])
+        self.test_set = test
+
+    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+        assert dataset is not None, "call setup() first"
+        # under DDP Lightning replaces the sampler with a (seeded, epoch-aware) DistributedSampler
+        sampler = EpochShuffleSampler(len(dataset), torch.initial_seed()) if shuffle else None
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.persistent_workers,
+            drop_last=shuffle and len(dataset) > self.batch_size,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, shuffle=False)

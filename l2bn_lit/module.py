@@ -1,0 +1,228 @@
+"""The shared classification LightningModule of the image and audio pipelines.
+
+Subclasses build the network (:meth:`ClassificationModule.build_network`) and name the
+hyperparameters that define it (``architecture_keys``); everything else — loss, mixup/cutmix,
+optimizer and schedule, metrics, the test report, checkpoint checks — lives here once.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from pathlib import Path
+from typing import Any, Literal
+
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from matplotlib.figure import Figure
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
+from torchmetrics import MetricCollection
+from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
+from torchvision.transforms import v2
+
+__all__ = ["ClassificationModule", "CheckpointMismatchError"]
+
+_NORM_TYPES = (_BatchNorm, nn.GroupNorm, nn.LayerNorm)
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint's architecture or normalization differs from the model it is loaded into."""
+
+
+class ClassificationModule(pl.LightningModule):
+    """Cross-entropy classification with the L2BN norm switch.
+
+    Args:
+        num_classes: number of classes (linked from the datamodule by the CLI).
+        input_shape: shape of one input sample, e.g. ``[3, 32, 32]`` (linked from the datamodule).
+        norm: normalization by name (``bn``, ``l2bn``, ``gn``, ``ln``, ``none``).
+        norm_options: the norm's own options, e.g. ``{"rescale": true}`` for ``l2bn``.
+        optimizer: ``sgd`` (momentum, nesterov) or ``adamw``; weight decay is not applied to
+            biases and normalization parameters.
+        lr, momentum, nesterov, weight_decay: optimizer settings.
+        schedule: ``multistep`` (``milestones`` in epochs, ``gamma``; the ResNet-CIFAR recipe),
+            ``cosine`` (per step, after ``warmup_epochs`` of linear warm-up), ``onecycle`` or ``constant``.
+        label_smoothing: cross-entropy label smoothing.
+        mixup_alpha, cutmix_alpha: batch mixup / cutmix (torchvision's), off at 0; both on picks one per batch.
+        class_names: names for the per-class report (default: class indices).
+    """
+
+    #: hyperparameters that define the network; a checkpoint must agree with the model on them
+    architecture_keys: tuple[str, ...] = ("num_classes", "input_shape", "norm", "norm_options")
+
+    def __init__(
+        self,
+        num_classes: int,
+        input_shape: list[int] | None = None,
+        norm: str = "l2bn",
+        norm_options: dict[str, Any] | None = None,
+        optimizer: Literal["sgd", "adamw"] = "sgd",
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        nesterov: bool = False,
+        weight_decay: float = 5e-4,
+        schedule: Literal["multistep", "cosine", "onecycle", "constant"] = "cosine",
+        milestones: list[int] | None = None,
+        gamma: float = 0.1,
+        warmup_epochs: float = 0.0,
+        label_smoothing: float = 0.0,
+        mixup_alpha: float = 0.0,
+        cutmix_alpha: float = 0.0,
+        class_names: list[str] | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.network = self.build_network()
+        self.mix = self._batch_mix(num_classes, mixup_alpha, cutmix_alpha)
+        top5 = min(5, num_classes)
+        metrics = {
+            "acc": MulticlassAccuracy(num_classes, average="micro"),
+            f"acc_top{top5}": MulticlassAccuracy(num_classes, top_k=top5, average="micro"),
+        }
+        self.val_metrics = MetricCollection(metrics, prefix="val/")
+        self.test_metrics = self.val_metrics.clone(prefix="test/")
+        self.test_per_class = MulticlassAccuracy(num_classes, average=None)
+        self.test_confusion = MulticlassConfusionMatrix(num_classes)
+
+    @abstractmethod
+    def build_network(self) -> nn.Module:
+        """The network from ``self.hparams``: input batch -> ``(N, num_classes)`` logits."""
+
+    @staticmethod
+    def _batch_mix(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> nn.Module | None:
+        mixes = []
+        if mixup_alpha > 0:
+            mixes.append(v2.MixUp(alpha=mixup_alpha, num_classes=num_classes))
+        if cutmix_alpha > 0:
+            mixes.append(v2.CutMix(alpha=cutmix_alpha, num_classes=num_classes))
+        if not mixes:
+            return None
+        return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.network(x)
+
+    def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        x, y = batch
+        if self.mix is not None:
+            x, y = self.mix(x, y)  # y becomes (N, num_classes) probabilities
+        logits = self(x)
+        loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        hard = y.argmax(1) if y.dim() == 2 else y
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/acc", (logits.argmax(1) == hard).float().mean(), prog_bar=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"])
+        return loss
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.log("val/loss", F.cross_entropy(logits, y), prog_bar=True, sync_dist=True)
+        self.val_metrics.update(logits, y)
+        self.log_dict(self.val_metrics, prog_bar=True)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.log("test/loss", F.cross_entropy(logits, y), sync_dist=True)
+        self.test_metrics.update(logits, y)
+        self.test_per_class.update(logits, y)
+        self.test_confusion.update(logits, y)
+        self.log_dict(self.test_metrics)
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        return self(x).softmax(1)
+
+    def on_test_epoch_end(self) -> None:
+        per_class = self.test_per_class.compute().cpu()
+        confusion = self.test_confusion.compute().cpu()
+        self.test_per_class.reset()
+        self.test_confusion.reset()
+        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective: every rank
+        if self.trainer.is_global_zero:
+            self.write_test_report(per_class, confusion, folder)
+
+    def write_test_report(self, per_class: Tensor, confusion: Tensor, folder: Path) -> None:
+        """Writes ``per_class_accuracy.csv``, ``confusion_matrix.csv`` and ``confusion_matrix.png``."""
+        names = self.hparams.class_names or [str(i) for i in range(self.hparams.num_classes)]
+        folder.mkdir(parents=True, exist_ok=True)
+        table = pd.DataFrame({"class": names, "accuracy": per_class.numpy(), "support": confusion.sum(1).numpy()})
+        table.to_csv(folder / "per_class_accuracy.csv", index=False)
+        pd.DataFrame(confusion.numpy(), index=names, columns=names).to_csv(folder / "confusion_matrix.csv")
+        fig = Figure(figsize=(1 + 0.5 * len(names), 1 + 0.5 * len(names)))
+        ax = fig.subplots()
+        ax.imshow(confusion.numpy(), cmap="Blues")
+        ax.set(xticks=range(len(names)), yticks=range(len(names)), xlabel="predicted", ylabel="true")
+        ax.set_xticklabels(names, rotation=90)
+        ax.set_yticklabels(names)
+        for (i, j), count in pd.DataFrame(confusion.numpy()).stack().items():
+            ax.text(j, i, int(count), ha="center", va="center", fontsize=7)
+        fig.tight_layout()
+        fig.savefig(folder / "confusion_matrix.png", dpi=120)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        hp = self.hparams
+        decay, no_decay = [], []
+        for module in self.network.modules():
+            for param in module.parameters(recurse=False):
+                if not param.requires_grad:
+                    continue
+                (no_decay if isinstance(module, _NORM_TYPES) or param.ndim <= 1 else decay).append(param)
+        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        if hp.optimizer == "sgd":
+            optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov)
+        else:
+            optimizer = torch.optim.AdamW(groups, lr=hp.lr)
+        scheduler = self._scheduler(optimizer)
+        if scheduler is None:
+            return {"optimizer": optimizer}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def _scheduler(self, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
+        hp = self.hparams
+        if hp.schedule == "constant":
+            return None
+        if hp.schedule == "multistep":
+            milestones = hp.milestones if hp.milestones is not None else [100, 150]
+            return {"scheduler": torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, hp.gamma), "interval": "epoch"}
+        total = int(self.trainer.estimated_stepping_batches)
+        if hp.schedule == "onecycle":
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=total)
+            return {"scheduler": scheduler, "interval": "step"}
+        steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        warmup = min(int(hp.warmup_epochs * steps_per_epoch), total - 1)
+        cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
+        if warmup == 0:
+            return {"scheduler": cosine, "interval": "step"}
+        ramp = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=1e-2, total_iters=warmup)
+        scheduler = torch.optim.lr_scheduler.SequentialLR(optimizer, [ramp, cosine], milestones=[warmup])
+        return {"scheduler": scheduler, "interval": "step"}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuses a checkpoint whose architecture or normalization differs from this model's
+        (BN and L2BN checkpoints have identical keys, so loading would silently succeed)."""
+        saved = checkpoint.get("hyper_parameters", {})
+        mismatches = architecture_mismatches(dict(self.hparams), saved, self.architecture_keys)
+        if mismatches:
+            raise CheckpointMismatchError(
+                "the checkpoint was trained with a different architecture or normalization than this "
+                f"model: {mismatches}. Build the model from the checkpoint's settings (drop the "
+                "conflicting options, or pass the config the checkpoint was trained with)."
+            )
+
+
+def architecture_mismatches(current: dict[str, Any], saved: dict[str, Any], keys: tuple[str, ...]) -> str:
+    """``"key: current=... checkpoint=..."`` for each of ``keys`` that both define and differ on."""
+    diffs = [
+        f"{key}: model={current.get(key)!r} checkpoint={saved.get(key)!r}"
+        for key in keys
+        if key in saved and _normalized(current.get(key)) != _normalized(saved.get(key))
+    ]
+    return "; ".join(diffs)
+
+
+def _normalized(value: Any) -> Any:
+    return {} if value is None else dict(value) if isinstance(value, dict) else value
