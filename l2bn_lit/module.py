@@ -142,7 +142,7 @@ class ClassificationModule(pl.LightningModule):
         self.test_per_class.reset()
         self.test_confusion.reset()
         folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective: every rank
-        if self.trainer.is_global_zero:
+        if self.trainer.is_global_zero and not self.trainer.fast_dev_run:  # fast_dev_run writes nothing
             self.write_test_report(per_class, confusion, folder)
 
     def write_test_report(self, per_class: Tensor, confusion: Tensor, folder: Path) -> None:
