@@ -122,6 +122,11 @@ class L2BNLightningCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         trainer_config = self._get(self.config_init, "trainer", default={})
+        # the Rich progress bar unless --trainer.enable_progress_bar false
+        callbacks = [cb for cb in self.trainer_defaults.get("callbacks", []) if not isinstance(cb, RichProgressBar)]
+        if trainer_config.get("enable_progress_bar") is not False:
+            callbacks.append(RichProgressBar())
+        self.trainer_defaults["callbacks"] = callbacks
         if trainer_config.get("sync_batchnorm") and "plugins" not in kwargs:
             kwargs["plugins"] = with_l2bn_layer_sync(trainer_config.get("plugins"))
         return super().instantiate_trainer(**kwargs)
@@ -136,10 +141,7 @@ def main(args: list[str] | None = None, run: bool = True) -> L2BNLightningCLI:
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
-            "callbacks": [
-                ModelCheckpoint(monitor="val/acc", mode="max", save_last=True, filename="best-{epoch}"),
-                RichProgressBar(),
-            ]
+            "callbacks": [ModelCheckpoint(monitor="val/acc", mode="max", save_last=True, filename="best-{epoch}")]
         },
         args=args,
         run=run,

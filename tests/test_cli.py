@@ -29,3 +29,11 @@ def test_plugin_list_gets_l2bn_layer_sync_once_and_conflicts_are_refused():
     assert isinstance(with_l2bn_layer_sync(None)[0], L2BNLayerSync)
     with pytest.raises(ValueError, match="replaces the LayerSync plugin\\(s\\) TorchSyncBatchNorm"):
         with_l2bn_layer_sync([TorchSyncBatchNorm()])
+
+
+def test_progress_bar_is_rich_and_can_be_switched_off():
+    from pytorch_lightning.callbacks import RichProgressBar
+
+    assert any(isinstance(cb, RichProgressBar) for cb in main(BASE, run=False).trainer.callbacks)
+    quiet = main(BASE + ["--trainer.enable_progress_bar", "false"], run=False)
+    assert quiet.trainer.progress_bar_callback is None
