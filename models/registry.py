@@ -11,6 +11,7 @@ from torch import nn
 from l2bn_lit import convert_norm, get_norm_layer
 
 from .cifar_resnet import PreActResNet18, resnet20, resnet32, resnet44, resnet56, resnet110
+from .cifar_zoo import mobilenet_v2, shufflenet_v2, vgg11, vgg16
 from .small_cnn import SmallCNN
 
 __all__ = ["ARCHITECTURES", "build_model"]
@@ -23,6 +24,9 @@ ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "resnet56": resnet56,
     "resnet110": resnet110,
     "preact_resnet18": PreActResNet18,
+    "vgg11": vgg11,
+    "vgg16": vgg16,
+    "mobilenet_v2": mobilenet_v2,
 }
 TORCHVISION_PREFIX = "torchvision."
 
@@ -32,7 +36,8 @@ def build_model(
 ) -> nn.Module:
     """Builds ``arch`` with ``norm`` (``bn``, ``l2bn``, ``gn``, ``ln``, ``none``) and its options.
 
-    torchvision models (``torchvision.<name>``) take 3-channel input and ``norm`` ``bn`` or ``l2bn``.
+    torchvision models (``torchvision.<name>``) take 3-channel input and ``norm`` ``bn`` or ``l2bn``;
+    so does ``shufflenet_v2``, which hard-codes BatchNorm2d.
     """
     options = dict(norm_options or {})
     if arch.startswith(TORCHVISION_PREFIX):
@@ -45,7 +50,9 @@ def build_model(
             raise ValueError(f"torchvision models take 3-channel input, the data has {in_channels}")
         model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
         return convert_norm(model, norm, **options) if norm == "l2bn" else model
+    if arch == "shufflenet_v2":
+        return shufflenet_v2(num_classes, norm, options, in_channels)
     if arch not in ARCHITECTURES:
-        known = ", ".join(list(ARCHITECTURES) + [f"{TORCHVISION_PREFIX}<name>"])
+        known = ", ".join([*ARCHITECTURES, "shufflenet_v2", f"{TORCHVISION_PREFIX}<name>"])
         raise ValueError(f"unknown arch {arch!r}; choose one of {known}")
     return ARCHITECTURES[arch](num_classes=num_classes, norm_layer=get_norm_layer(norm, 2, **options), in_channels=in_channels)
