@@ -1,0 +1,65 @@
+"""Collects the test metrics of finished runs into one table: one row per run, and mean/std per group.
+
+    python -m l2bn_lit.results RUNS_FOLDER [--metric test/acc] [--csv out.csv]
+
+A run is a folder holding ``config.yaml`` and ``metrics.csv`` (the CLI's CSV logger folder); its
+group is the norm (``model.init_args.norm``) and its seed ``seed_everything``, read from the config.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+__all__ = ["collect_runs", "summarize"]
+
+
+def collect_runs(folder: str | Path, metric: str = "test/acc") -> pd.DataFrame:
+    """One row per run under ``folder``: run folder, norm, seed and the last logged ``metric``."""
+    rows = []
+    for config_path in sorted(Path(folder).rglob("config.yaml")):
+        metrics_path = config_path.with_name("metrics.csv")
+        if not metrics_path.is_file():
+            raise FileNotFoundError(f"run {config_path.parent} has a config.yaml but no metrics.csv")
+        metrics = pd.read_csv(metrics_path)
+        if metric not in metrics or metrics[metric].dropna().empty:
+            raise ValueError(f"run {config_path.parent} logged no {metric!r} (was it tested?)")
+        config = yaml.safe_load(config_path.read_text())
+        rows.append(
+            {
+                "run": str(config_path.parent),
+                "norm": config["model"]["init_args"]["norm"],
+                "seed": config.get("seed_everything"),
+                metric: float(metrics[metric].dropna().iloc[-1]),
+            }
+        )
+    if not rows:
+        raise FileNotFoundError(f"no runs (config.yaml + metrics.csv) under {folder}")
+    return pd.DataFrame(rows)
+
+
+def summarize(runs: pd.DataFrame, metric: str = "test/acc") -> pd.DataFrame:
+    """Mean, sample standard deviation, and count of ``metric`` per norm."""
+    table = runs.groupby("norm")[metric].agg(["mean", "std", "count"]).reset_index()
+    return table.rename(columns={"mean": f"{metric} mean", "std": f"{metric} std", "count": "runs"})
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("folder")
+    parser.add_argument("--metric", default="test/acc")
+    parser.add_argument("--csv", help="also write the per-run table here")
+    args = parser.parse_args()
+    runs = collect_runs(args.folder, args.metric)
+    print(runs.drop(columns="run").to_markdown(index=False))
+    print()
+    print(summarize(runs, args.metric).to_markdown(index=False, floatfmt=".4f"))
+    if args.csv:
+        runs.to_csv(args.csv, index=False)
+
+
+if __name__ == "__main__":
+    main()

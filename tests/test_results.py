@@ -1,0 +1,36 @@
+"""The run collector against runs written by hand."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+import yaml
+
+from l2bn_lit.results import collect_runs, summarize
+
+
+def _run(folder, norm, seed, accuracy):
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text(yaml.safe_dump({"seed_everything": seed, "model": {"init_args": {"norm": norm}}}))
+    pd.DataFrame({"epoch": [0, 1, 1], "val/acc": [0.5, 0.6, None], "test/acc": [None, None, accuracy]}).to_csv(
+        folder / "metrics.csv", index=False
+    )
+
+
+def test_collect_and_summarize_by_hand(tmp_path):
+    for norm, seed, acc in [("bn", 0, 0.80), ("bn", 1, 0.84), ("l2bn", 0, 0.85), ("l2bn", 1, 0.87)]:
+        _run(tmp_path / f"{norm}_{seed}", norm, seed, acc)
+    runs = collect_runs(tmp_path)
+    assert sorted(runs["test/acc"]) == [0.80, 0.84, 0.85, 0.87]
+    table = summarize(runs).set_index("norm")
+    assert table.loc["bn", "test/acc mean"] == pytest.approx(0.82)
+    assert table.loc["bn", "test/acc std"] == pytest.approx(0.0282842712)  # sqrt(((0.02)^2 * 2) / 1)
+    assert table.loc["l2bn", "runs"] == 2
+
+
+def test_untested_run_is_an_error_naming_it(tmp_path):
+    _run(tmp_path / "r", "bn", 0, None)
+    with pytest.raises(ValueError, match="logged no 'test/acc'"):
+        collect_runs(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no runs"):
+        collect_runs(tmp_path / "empty")
