@@ -30,7 +30,7 @@ def collect_runs(folder: str | Path, metric: str = "test/acc") -> pd.DataFrame:
         config = yaml.safe_load(config_path.read_text())
         rows.append(
             {
-                "run": str(config_path.parent),
+                "run": str(config_path.parent.relative_to(folder)),
                 "norm": config["model"]["init_args"]["norm"],
                 "seed": config.get("seed_everything"),
                 metric: float(metrics[metric].dropna().iloc[-1]),
