@@ -35,6 +35,16 @@ def _grads(module, x, grad):
     return y.detach(), x.grad, params
 
 
+def _assert_same_step(ours, ref, x, grad):
+    """Output, input gradient and parameter gradients of one step agree to float64 precision."""
+    y1, gx1, gp1 = _grads(ours, x, grad)
+    y2, gx2, gp2 = _grads(ref, x, grad)
+    torch.testing.assert_close(y1, y2, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(gx1, gx2, rtol=1e-9, atol=1e-10)
+    for a, b in zip(gp1, gp2):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+
+
 @pytest.mark.parametrize("cls,shape", CASES)
 @pytest.mark.parametrize(
     "options",
@@ -54,12 +64,7 @@ def test_matches_reference_over_steps(cls, shape, options):
     for step in range(4):
         x = torch.randn(shape, generator=gen, dtype=torch.float64) * (step + 1) + step
         grad = torch.randn(shape, generator=gen, dtype=torch.float64)
-        y1, gx1, gp1 = _grads(ours, x, grad)
-        y2, gx2, gp2 = _grads(ref, x, grad)
-        torch.testing.assert_close(y1, y2, rtol=1e-10, atol=1e-10)
-        torch.testing.assert_close(gx1, gx2, rtol=1e-9, atol=1e-10)
-        for a, b in zip(gp1, gp2):
-            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+        _assert_same_step(ours, ref, x, grad)
         ours.zero_grad()
         ref.zero_grad()
     for name, buf in ref.named_buffers():
@@ -68,12 +73,7 @@ def test_matches_reference_over_steps(cls, shape, options):
     ref.eval()
     x = torch.randn(shape, generator=gen, dtype=torch.float64) + 2
     grad = torch.randn(shape, generator=gen, dtype=torch.float64)
-    y1, gx1, gp1 = _grads(ours, x, grad)
-    y2, gx2, gp2 = _grads(ref, x, grad)
-    torch.testing.assert_close(y1, y2, rtol=1e-10, atol=1e-10)
-    torch.testing.assert_close(gx1, gx2, rtol=1e-9, atol=1e-10)
-    for a, b in zip(gp1, gp2):
-        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-10)
+    _assert_same_step(ours, ref, x, grad)
 
 
 @pytest.mark.parametrize("training", [True, False])
