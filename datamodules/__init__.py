@@ -1,7 +1,19 @@
 """LightningDataModules: a seeded validation split from the training set, the test split for test only."""
 
 from .base import ClassificationDataModule, EpochShuffleSampler
+from .dcase import AudioClipDataset, TAUScenesDataModule
 from .digits import DigitsDataModule
 from .images import CIFARDataModule, ImageFolderDataModule
+from .tau_layout import read_file_list, write_synthetic_tau
 
-__all__ = ["CIFARDataModule", "ClassificationDataModule", "DigitsDataModule", "EpochShuffleSampler", "ImageFolderDataModule"]
+__all__ = [
+    "AudioClipDataset",
+    "CIFARDataModule",
+    "ClassificationDataModule",
+    "DigitsDataModule",
+    "EpochShuffleSampler",
+    "ImageFolderDataModule",
+    "TAUScenesDataModule",
+    "read_file_list",
+    "write_synthetic_tau",
+]

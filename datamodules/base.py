@@ -83,15 +83,19 @@ class ClassificationDataModule(pl.LightningDataModule):
     def build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
         """Returns ``(train, train_with_eval_transforms, test)``; the first two index the same samples."""
 
+    def split_indices(self, size: int) -> tuple[list[int], list[int]]:
+        """``(train, validation)`` indices into the training set: a seeded random split."""
+        order = torch.randperm(size, generator=torch.Generator().manual_seed(self.split_seed)).tolist()
+        n_val = max(1, round(self.val_fraction * size))
+        return order[n_val:], order[:n_val]
+
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
         train, train_eval, test = self.build_datasets()
-        n = len(train)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(self.split_seed)).tolist()
-        n_val = max(1, round(self.val_fraction * n))
-        self.train_set = Subset(train, order[n_val:])
-        self.val_set = Subset(train_eval, order[:n_val])
+        train_idx, val_idx = self.split_indices(len(train))
+        self.train_set = Subset(train, train_idx)
+        self.val_set = Subset(train_eval, val_idx)
         self.test_set = test
 
     def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
