@@ -54,6 +54,8 @@ class ClassificationDataModule(pl.LightningDataModule):
     num_classes: int
     input_shape: list[int]
     class_names: list[str]
+    #: samples per second of audio input; None for images
+    sample_rate: int | None = None
 
     def __init__(
         self,

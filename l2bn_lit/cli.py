@@ -3,8 +3,8 @@
     python cli.py {fit,validate,test,predict} --config configs/<x>.yaml [--model.norm bn ...]
 
 - models and datamodules by ``class_path`` (subclass mode of ClassificationModule and
-  ClassificationDataModule); ``num_classes``, ``input_shape`` and ``class_names`` are linked from
-  the datamodule to the model, never typed twice;
+  ClassificationDataModule); ``num_classes``, ``input_shape``, ``sample_rate`` and ``class_names``
+  are linked from the datamodule to the model, never typed twice;
 - ``--trainer.sync_batchnorm true`` installs :class:`l2bn_lit.L2BNLayerSync` (Lightning's own flag
   would silently turn L2BN into plain SyncBatchNorm);
 - a CSV logger always, TensorBoard as well when installed, the Rich progress bar, and checkpoints of
@@ -86,7 +86,7 @@ class L2BNLightningCLI(LightningCLI):
     """LightningCLI for the classification pipelines (see the module docstring)."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        for source in ("num_classes", "input_shape", "class_names"):
+        for source in ("num_classes", "input_shape", "sample_rate", "class_names"):
             parser.link_arguments(f"data.{source}", f"model.init_args.{source}", apply_on="instantiate")
         parser.add_argument("--test_after_fit", type=bool, default=False, help="fit: test the best checkpoint at the end")
         parser.set_defaults({"trainer.logger": default_loggers()})

@@ -37,6 +37,7 @@ class ClassificationModule(pl.LightningModule):
     Args:
         num_classes: number of classes (linked from the datamodule by the CLI).
         input_shape: shape of one input sample, e.g. ``[3, 32, 32]`` (linked from the datamodule).
+        sample_rate: samples per second of audio input (linked from the datamodule; None for images).
         norm: normalization by name (``bn``, ``l2bn``, ``gn``, ``ln``, ``none``).
         norm_options: the norm's own options, e.g. ``{"rescale": true}`` for ``l2bn``.
         optimizer: ``sgd`` (momentum, nesterov) or ``adamw``; weight decay is not applied to
@@ -50,12 +51,13 @@ class ClassificationModule(pl.LightningModule):
     """
 
     #: hyperparameters that define the network; a checkpoint must agree with the model on them
-    architecture_keys: tuple[str, ...] = ("num_classes", "input_shape", "norm", "norm_options")
+    architecture_keys: tuple[str, ...] = ("num_classes", "input_shape", "sample_rate", "norm", "norm_options")
 
     def __init__(
         self,
         num_classes: int,
         input_shape: list[int] | None = None,
+        sample_rate: int | None = None,
         norm: str = "l2bn",
         norm_options: dict[str, Any] | None = None,
         optimizer: Literal["sgd", "adamw"] = "sgd",

@@ -5,7 +5,9 @@
 and converts its batch norms with :func:`l2bn_lit.convert_norm`.
 """
 
+from .audio import AUDIO_ARCHITECTURES, build_audio_model
+from .audio_classifier import AudioSceneClassifier
 from .classifier import ImageClassifier
 from .registry import ARCHITECTURES, build_model
 
-__all__ = ["ARCHITECTURES", "ImageClassifier", "build_model"]
+__all__ = ["ARCHITECTURES", "AUDIO_ARCHITECTURES", "AudioSceneClassifier", "ImageClassifier", "build_audio_model", "build_model"]

@@ -28,6 +28,8 @@ class ImageClassifier(ClassificationModule):
         self, num_classes: int, input_shape: list[int] | None = None, arch: str = "resnet20", **kwargs
     ) -> None:
         super().__init__(num_classes=num_classes, input_shape=input_shape, **kwargs)
+        if self.hparams.sample_rate is not None:
+            raise ValueError("ImageClassifier takes image data; the datamodule provides audio (sample_rate is set)")
 
     def build_network(self) -> nn.Module:
         hp = self.hparams
