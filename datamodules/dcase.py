@@ -175,4 +175,5 @@ class TAUScenesDataModule(ClassificationDataModule):
 
     def predict_dataloader(self):
         table = read_file_list(self.root, self.predict_list, need_labels=False)
-        return self._loader(self._dataset(table, self.predict_list, labeled=False, random_crop=False), shuffle=False)
+        self.predict_set = self._dataset(table, self.predict_list, labeled=False, random_crop=False)
+        return self._loader(self.predict_set, shuffle=False)

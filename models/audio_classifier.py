@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import warnings
+from pathlib import Path
+from typing import Any, Literal
 
-from torch import nn
+import torch
+from torch import Tensor, nn
 
+from datamodules.tau_layout import device_of
+from l2bn_lit.dcase import dcase_report, write_submission
 from l2bn_lit.module import ClassificationModule
 
 from .audio import LogMel, SpecAugment, build_audio_model
@@ -18,6 +23,10 @@ class AudioSceneClassifier(ClassificationModule):
 
     The front-end settings belong to the architecture: they are saved in the checkpoint, and a
     checkpoint is refused by a model with other settings (or another sample rate).
+
+    ``test`` also writes and prints the DCASE report (:func:`l2bn_lit.dcase.dcase_report`: macro
+    class-wise accuracy, log loss, class-wise and device-wise tables) into the run folder;
+    ``predict`` writes the DCASE submission file ``submission.csv`` there.
 
     Args:
         num_classes, input_shape, sample_rate: linked from the datamodule by the CLI.
@@ -51,9 +60,50 @@ class AudioSceneClassifier(ClassificationModule):
         if sample_rate is None:
             raise ValueError("AudioSceneClassifier needs the audio sample_rate (linked from an audio datamodule)")
         super().__init__(num_classes=num_classes, input_shape=input_shape, sample_rate=sample_rate, **kwargs)
+        self._probs: list[Tensor] = []
+        self._labels: list[Tensor] = []
 
     def build_network(self) -> nn.Module:
         hp = self.hparams
         frontend = LogMel(hp.sample_rate, hp.n_fft, hp.hop_length, hp.n_mels, hp.f_min, hp.f_max, hp.log, hp.top_db)
         cnn = build_audio_model(hp.arch, hp.num_classes, hp.norm, hp.norm_options)
         return nn.Sequential(frontend, SpecAugment(hp.freq_mask, hp.time_mask), cnn)
+
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+        super().test_step(batch, batch_idx)
+        with torch.no_grad():
+            self._probs.append(self(batch[0]).softmax(1).cpu())
+        self._labels.append(batch[1].cpu())
+
+    def on_test_epoch_end(self) -> None:
+        super().on_test_epoch_end()
+        probs, labels = torch.cat(self._probs).numpy(), torch.cat(self._labels).numpy()
+        self._probs, self._labels = [], []
+        folder = self._run_folder()
+        if self.trainer.world_size > 1:
+            warnings.warn("the DCASE report needs every test clip in one process: run test with --trainer.devices 1", stacklevel=2)
+            return
+        files = self.trainer.datamodule.test_set.files[: len(labels)]  # in order; fewer with limit_test_batches
+        report = dcase_report(probs, labels, [device_of(f) for f in files], self.hparams.class_names or [])
+        if not self.trainer.fast_dev_run:
+            report.write(folder)
+        print(f"\nDCASE report ({len(files)} clips)\n{report}")
+
+    def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
+        probs = super().predict_step(batch, batch_idx)
+        self._probs.append(probs.cpu())
+        return probs
+
+    def on_predict_epoch_end(self) -> None:
+        probs = torch.cat(self._probs).numpy()
+        self._probs = []
+        folder = self._run_folder()
+        if self.trainer.world_size > 1:
+            warnings.warn("the submission file needs every clip in one process: run predict with --trainer.devices 1", stacklevel=2)
+            return
+        folder.mkdir(parents=True, exist_ok=True)
+        files = self.trainer.datamodule.predict_set.files[: len(probs)]
+        write_submission(folder / "submission.csv", files, probs, self.hparams.class_names)
+
+    def _run_folder(self) -> Path:
+        return Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective: every rank calls it
