@@ -10,7 +10,8 @@
 - a CSV logger always, TensorBoard as well when installed, the Rich progress bar, and checkpoints of
   the best (by ``val/acc``) and the last epoch; the resolved config is saved in the run folder;
 - ``--ckpt_path`` with options that contradict the checkpoint's architecture or norm is an error;
-- ``fit --test_after_fit true`` tests the best checkpoint at the end of fit.
+- ``fit --test_after_fit true`` tests the best checkpoint at the end of fit;
+- ``complexity.json`` (parameters, MACs for one input) is written into each run folder.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pytorch_lightning.plugins.layer_sync import LayerSync
 
 from datamodules.base import ClassificationDataModule
 
+from .complexity import ComplexityReport
 from .layer_sync import L2BNLayerSync
 from .module import CheckpointMismatchError, ClassificationModule, architecture_mismatches
 
@@ -141,7 +143,10 @@ def main(args: list[str] | None = None, run: bool = True) -> L2BNLightningCLI:
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
-            "callbacks": [ModelCheckpoint(monitor="val/acc", mode="max", save_last=True, filename="best-{epoch}")]
+            "callbacks": [
+                ModelCheckpoint(monitor="val/acc", mode="max", save_last=True, filename="best-{epoch}"),
+                ComplexityReport(),
+            ]
         },
         args=args,
         run=run,

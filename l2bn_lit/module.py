@@ -51,7 +51,7 @@ class ClassificationModule(pl.LightningModule):
     """
 
     #: hyperparameters that define the network; a checkpoint must agree with the model on them
-    architecture_keys: tuple[str, ...] = ("num_classes", "input_shape", "sample_rate", "norm", "norm_options")
+    architecture_keys: tuple[str, ...] = ("num_classes", "class_names", "input_shape", "sample_rate", "norm", "norm_options")
 
     def __init__(
         self,

@@ -68,3 +68,14 @@ def test_checkpoint_with_other_front_end_is_refused(tmp_path):
 def test_audio_model_needs_an_audio_datamodule():
     with pytest.raises(ValueError, match="needs the audio sample_rate"):
         AudioSceneClassifier(num_classes=5, input_shape=[16000])
+
+
+def test_checkpoint_of_another_label_set_is_refused(tmp_path):
+    cli = _cli(tmp_path, "fit", "--config", QUICKSTART_DCASE, "--trainer.max_epochs", "1", "--test_after_fit", "false")
+    ckpt = Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
+    renamed = ["airport", "bus", "metro", "park", "tram"]
+    other = AudioSceneClassifier(
+        num_classes=5, input_shape=[16000], sample_rate=16000, n_fft=512, hop_length=256, n_mels=64, class_names=renamed
+    )
+    with pytest.raises(CheckpointMismatchError, match="class_names"):
+        other.on_load_checkpoint(torch.load(ckpt, weights_only=True))

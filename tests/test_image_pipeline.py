@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -39,6 +40,7 @@ def test_quickstart_reaches_95_percent_and_writes_the_run_folder(tmp_path):
     assert accuracy >= 0.95
     assert any(isinstance(m, L2BN2d) for m in cli.model.modules())
     assert (run / "config.yaml").is_file()
+    assert json.loads((run / "complexity.json").read_text())["parameters"] == sum(p.numel() for p in cli.model.parameters())
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert list((run / "checkpoints").glob("best-*.ckpt"))
     metrics = pd.read_csv(run / "metrics.csv")

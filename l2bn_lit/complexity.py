@@ -1,0 +1,67 @@
+"""Model complexity for deployment limits (DCASE's low-complexity tracks): parameters and the
+multiply-accumulates for one input, counted by ``torch.utils.flop_counter`` (not by hand).
+
+    python -m l2bn_lit.complexity --config configs/<x>.yaml [other CLI options]
+
+The CLI also writes ``complexity.json`` into every run folder at the start of fit.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+__all__ = ["ComplexityReport", "complexity_report", "main"]
+
+
+def complexity_report(model: nn.Module, input_shape: list[int]) -> dict[str, int]:
+    """Parameters, parameter bytes and MACs (= FLOPs / 2 of matmuls and convolutions; FFTs and
+    elementwise work are not counted) for one input of ``input_shape``, in eval mode."""
+    was_training = model.training
+    device = next(model.parameters()).device
+    model.eval()
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(torch.zeros(1, *input_shape, device=device))
+    finally:
+        model.train(was_training)
+    params = sum(p.numel() for p in model.parameters())
+    return {
+        "parameters": params,
+        "parameter_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+        "macs": counter.get_total_flops() // 2,
+    }
+
+
+class ComplexityReport(pl.Callback):
+    """Writes ``complexity.json`` into the run folder at the start of fit and logs the numbers."""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        folder = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank calls it
+        shape = pl_module.hparams.get("input_shape")
+        if shape is None or not trainer.is_global_zero:
+            return
+        report = complexity_report(pl_module, list(shape))
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "complexity.json").write_text(json.dumps(report, indent=2))
+
+
+def main(args: list[str] | None = None) -> dict[str, int]:
+    """Builds the model of a CLI config (no data is loaded beyond what the datamodule's
+    constructor reads) and prints its complexity."""
+    from .cli import main as cli_main
+
+    cli = cli_main(list(sys.argv[1:] if args is None else args), run=False)
+    report = complexity_report(cli.model, list(cli.model.hparams.input_shape))
+    print(json.dumps({"model": type(cli.model).__name__, **dict(cli.model.hparams), **report}, indent=2, default=str))
+    return report
+
+
+if __name__ == "__main__":
+    main()
