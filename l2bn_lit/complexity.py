@@ -45,7 +45,7 @@ class ComplexityReport(pl.Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         folder = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank calls it
         shape = pl_module.hparams.get("input_shape")
-        if shape is None or not trainer.is_global_zero:
+        if shape is None or not trainer.is_global_zero or trainer.fast_dev_run:  # fast_dev_run writes nothing
             return
         report = complexity_report(pl_module, list(shape))
         folder.mkdir(parents=True, exist_ok=True)
