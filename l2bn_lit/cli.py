@@ -9,7 +9,8 @@
   would silently turn L2BN into plain SyncBatchNorm);
 - a CSV logger always, TensorBoard as well when installed, the Rich progress bar, and checkpoints of
   the best (by ``val/acc``) and the last epoch; the resolved config is saved in the run folder;
-- ``--ckpt_path`` with options that contradict the checkpoint's architecture or norm is an error;
+- ``--ckpt_path`` with options that contradict the checkpoint's architecture, norm or front-end is
+  an error;
 - ``fit --test_after_fit true`` tests the best checkpoint at the end of fit;
 - ``complexity.json`` (parameters, MACs for one input) is written into each run folder.
 """
@@ -57,10 +58,12 @@ def with_l2bn_layer_sync(plugins: Any) -> list[Any]:
     return plugins
 
 
-def _init_defaults(class_path: str) -> dict[str, Any]:
-    """Default values of the ``__init__`` arguments of ``class_path`` and its bases."""
-    module_name, _, name = class_path.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), name)
+#: model arguments linked from the datamodule (checked against the checkpoint when it is loaded)
+LINKED = ("num_classes", "input_shape", "sample_rate", "class_names")
+
+
+def _init_defaults(cls: type) -> dict[str, Any]:
+    """Default values of the ``__init__`` arguments of ``cls`` and its bases."""
     defaults: dict[str, Any] = {}
     for klass in reversed(cls.__mro__):
         init = klass.__dict__.get("__init__")
@@ -88,7 +91,7 @@ class L2BNLightningCLI(LightningCLI):
     """LightningCLI for the classification pipelines (see the module docstring)."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
-        for source in ("num_classes", "input_shape", "sample_rate", "class_names"):
+        for source in LINKED:
             parser.link_arguments(f"data.{source}", f"model.init_args.{source}", apply_on="instantiate")
         parser.add_argument("--test_after_fit", type=bool, default=False, help="fit: test the best checkpoint at the end")
         parser.set_defaults({"trainer.logger": default_loggers()})
@@ -105,9 +108,12 @@ class L2BNLightningCLI(LightningCLI):
         model = self.config[subcommand].get("model") if subcommand else None
         if ckpt_path and Path(ckpt_path).is_file() and model is not None and model.get("init_args") is not None:
             saved = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
-            defaults = _init_defaults(model["class_path"])
-            given = dict(model["init_args"])
-            keys = tuple(k for k in ("arch", "norm", "norm_options") if k in given and given[k] != defaults.get(k))
+            module_name, _, name = model["class_path"].rpartition(".")
+            cls = getattr(importlib.import_module(module_name), name)
+            defaults, given = _init_defaults(cls), dict(model["init_args"])
+            keys = tuple(
+                k for k in cls.architecture_keys if k not in LINKED and k in given and given[k] != defaults.get(k)
+            )
             mismatches = architecture_mismatches(given, saved, keys)
             if mismatches:
                 raise CheckpointMismatchError(

@@ -79,3 +79,10 @@ def test_checkpoint_of_another_label_set_is_refused(tmp_path):
     )
     with pytest.raises(CheckpointMismatchError, match="class_names"):
         other.on_load_checkpoint(torch.load(ckpt, weights_only=True))
+
+
+def test_cli_refuses_front_end_options_that_contradict_the_checkpoint(tmp_path):
+    cli = _cli(tmp_path, "fit", "--config", QUICKSTART_DCASE, "--trainer.max_epochs", "1", "--test_after_fit", "false")
+    ckpt = str(Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt")
+    with pytest.raises(CheckpointMismatchError, match="n_mels: model=40 checkpoint=64"):
+        _cli(tmp_path, "test", "--config", QUICKSTART_DCASE, "--model.init_args.n_mels", "40", "--ckpt_path", ckpt)
