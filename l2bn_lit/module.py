@@ -44,7 +44,9 @@ class ClassificationModule(pl.LightningModule):
             biases and normalization parameters.
         lr, momentum, nesterov, weight_decay: optimizer settings.
         schedule: ``multistep`` (``milestones`` in epochs, ``gamma``; the ResNet-CIFAR recipe),
-            ``cosine`` (per step, after ``warmup_epochs`` of linear warm-up), ``onecycle`` or ``constant``.
+            ``cosine`` (per step, after ``warmup_epochs`` of linear warm-up), ``cosine_restarts``
+            (SGDR: first period ``restart_epochs``, each next one ``restart_mult`` times longer; the
+            DCASE ResNet recipe), ``onecycle`` or ``constant``.
         label_smoothing: cross-entropy label smoothing.
         mixup_alpha, cutmix_alpha: batch mixup / cutmix (torchvision's), off at 0; both on picks one per batch.
         class_names: names for the per-class report (default: class indices).
@@ -65,10 +67,12 @@ class ClassificationModule(pl.LightningModule):
         momentum: float = 0.9,
         nesterov: bool = False,
         weight_decay: float = 5e-4,
-        schedule: Literal["multistep", "cosine", "onecycle", "constant"] = "cosine",
+        schedule: Literal["multistep", "cosine", "cosine_restarts", "onecycle", "constant"] = "cosine",
         milestones: list[int] | None = None,
         gamma: float = 0.1,
         warmup_epochs: float = 0.0,
+        restart_epochs: int = 2,
+        restart_mult: int = 2,
         label_smoothing: float = 0.0,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
@@ -109,7 +113,10 @@ class ClassificationModule(pl.LightningModule):
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
         if self.mix is not None:
-            x, y = self.mix(x, y)  # y becomes (N, num_classes) probabilities
+            # torchvision's batch mixes take (N, C, H, W): waveforms (N, L) ride along as (N, 1, 1, L)
+            shape = x.shape
+            mixed, y = self.mix(x.reshape(shape[0], -1, 1, shape[-1]) if x.dim() < 4 else x, y)
+            x = mixed.reshape(shape)  # y is now (N, num_classes) probabilities
         logits = self(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
         hard = y.argmax(1) if y.dim() == 2 else y
@@ -195,6 +202,11 @@ class ClassificationModule(pl.LightningModule):
             scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=total)
             return {"scheduler": scheduler, "interval": "step"}
         steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
+        if hp.schedule == "cosine_restarts":
+            scheduler = torch.optim.lr_scheduler.CosineAnnealingWarmRestarts(
+                optimizer, T_0=hp.restart_epochs * steps_per_epoch, T_mult=hp.restart_mult
+            )
+            return {"scheduler": scheduler, "interval": "step"}
         warmup = min(int(hp.warmup_epochs * steps_per_epoch), total - 1)
         cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
         if warmup == 0:

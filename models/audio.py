@@ -19,7 +19,7 @@ from l2bn_lit import get_norm_layer
 from .cifar_resnet import NormLayer
 from .small_cnn import SmallCNN
 
-__all__ = ["AUDIO_ARCHITECTURES", "BaselineCNN", "LogMel", "SpecAugment", "build_audio_model"]
+__all__ = ["AUDIO_ARCHITECTURES", "BaselineCNN", "FrequencySplitResNet", "LogMel", "SpecAugment", "build_audio_model"]
 
 
 class LogMel(nn.Module):
@@ -89,16 +89,98 @@ class BaselineCNN(nn.Module):
         return self.head(self.pool(self.body(x)).flatten(1))
 
 
+class _PreActConv(nn.Sequential):
+    """norm -> [ReLU] -> conv, the pre-activation layer of McDonnell & Gao's ASC ResNet."""
+
+    def __init__(self, norm: nn.Module, in_ch: int, out_ch: int, kernel: int, stride: tuple[int, int], relu: bool) -> None:
+        layers = [norm, nn.ReLU()] if relu else [norm]
+        super().__init__(*layers, nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, bias=False))
+
+
+class _FrequencyPath(nn.Module):
+    """One frequency band's residual path: a strided stem and 4 stages x 2 pre-activation blocks,
+    width doubling per stage; downsampling blocks pool the shortcut (3x3 average, time stride 2)
+    and zero-pad its channels."""
+
+    def __init__(self, in_channels: int, width: int, norm_layer: NormLayer, plain_norm: NormLayer) -> None:
+        super().__init__()
+        self.stem = _PreActConv(norm_layer(in_channels), in_channels, width, 3, (1, 2), relu=False)
+        self.blocks = nn.ModuleList()
+        channels = width
+        for stage in range(4):
+            for block in range(2):
+                downsample = stage > 0 and block == 0
+                out = channels * 2 if downsample else channels
+                stride = (1, 2) if downsample else (1, 1)
+                self.blocks.append(
+                    nn.Sequential(
+                        _PreActConv(plain_norm(channels), channels, out, 3, stride, relu=True),
+                        _PreActConv(plain_norm(out), out, out, 3, (1, 1), relu=True),
+                    )
+                )
+                channels = out
+        self.out_channels = channels
+        self.pool = nn.AvgPool2d(3, stride=(1, 2), padding=1, count_include_pad=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.stem(x)
+        for block in self.blocks:
+            out = block(x)
+            if out.shape[1] != x.shape[1]:  # downsampling block: pooled, zero-padded shortcut
+                x = self.pool(x)
+                x = torch.cat([x, torch.zeros_like(x)], dim=1)
+            x = out + x
+        return x
+
+
+class FrequencySplitResNet(nn.Module):
+    """Two-path frequency-split ResNet (McDonnell & Gao, DCASE 2019-2020; the ResNet of Hu et al.,
+    ICASSP 2021): the low and high halves of the mel bins go through separate residual paths,
+    concatenated along frequency, then 1x1 convolutions to the classes and global average pooling.
+
+    Input ``(N, in_channels, n_mels, frames)`` with an even ``n_mels``; output ``(N, num_classes)``.
+    ``norm_layer`` builds the learnable input norms, ``plain_norm`` the non-affine ones.
+    """
+
+    def __init__(
+        self, num_classes: int, norm_layer: NormLayer, plain_norm: NormLayer, in_channels: int = 1, width: int = 24
+    ) -> None:
+        super().__init__()
+        self.low = _FrequencyPath(in_channels, width, norm_layer, plain_norm)
+        self.high = _FrequencyPath(in_channels, width, norm_layer, plain_norm)
+        channels = self.low.out_channels
+        self.head = nn.Sequential(
+            _PreActConv(plain_norm(channels), channels, 2 * channels, 1, (1, 1), relu=True),
+            _PreActConv(plain_norm(2 * channels), 2 * channels, num_classes, 1, (1, 1), relu=False),
+            plain_norm(num_classes),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        half = x.shape[2] // 2
+        return self.head(torch.cat([self.low(x[:, :, :half]), self.high(x[:, :, half:])], dim=2))
+
+
 def _small_cnn(num_classes: int, norm_layer: NormLayer, in_channels: int = 1) -> SmallCNN:
     """A low-complexity CNN (about 24k parameters) for the 1-second tasks."""
     return SmallCNN(num_classes, norm_layer, in_channels, width=16)
 
 
-AUDIO_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {"dcase_baseline": BaselineCNN, "small_cnn": _small_cnn}
+AUDIO_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
+    "dcase_baseline": BaselineCNN,
+    "small_cnn": _small_cnn,
+    "fs_resnet": FrequencySplitResNet,
+}
 
 
 def build_audio_model(arch: str, num_classes: int, norm: str = "l2bn", norm_options: dict | None = None) -> nn.Module:
     """A log-mel CNN by name, taking ``(N, 1, n_mels, frames)``."""
     if arch not in AUDIO_ARCHITECTURES:
         raise ValueError(f"unknown audio arch {arch!r}; choose one of {', '.join(AUDIO_ARCHITECTURES)}")
-    return AUDIO_ARCHITECTURES[arch](num_classes=num_classes, norm_layer=get_norm_layer(norm, 2, **(norm_options or {})))
+    options = dict(norm_options or {})
+    norm_layer = get_norm_layer(norm, 2, **options)
+    if arch == "fs_resnet":  # its inner norms have no affine parameters (Keras center=False, scale=False)
+        plain = norm_layer if norm == "none" else get_norm_layer(norm, 2, **{**options, "affine": False})
+        return FrequencySplitResNet(num_classes, norm_layer, plain)
+    return AUDIO_ARCHITECTURES[arch](num_classes=num_classes, norm_layer=norm_layer)

@@ -86,3 +86,28 @@ def test_cli_refuses_front_end_options_that_contradict_the_checkpoint(tmp_path):
     ckpt = str(Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt")
     with pytest.raises(CheckpointMismatchError, match="n_mels: model=40 checkpoint=64"):
         _cli(tmp_path, "test", "--config", QUICKSTART_DCASE, "--model.init_args.n_mels", "40", "--ckpt_path", ckpt)
+
+
+def test_frequency_split_resnet_keeps_its_two_bands_apart():
+    from models.audio import build_audio_model
+
+    model = build_audio_model("fs_resnet", 10, "l2bn").eval()
+    x = torch.randn(2, 1, 128, 64)
+    y = x.clone()
+    y[:, :, 64:] = torch.randn(2, 1, 64, 64)  # change only the high band
+    torch.testing.assert_close(model.low(x[:, :, :64]), model.low(y[:, :, :64]))
+    assert not torch.allclose(model(x), model(y))
+    norms = [m for m in model.modules() if isinstance(m, L2BN2d)]
+    assert len(norms) == 37 and sum(m.affine for m in norms) == 2  # learnable only at the two inputs
+    model.train()
+    model(x).sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_mixup_and_cutmix_train_on_waveforms(tmp_path):
+    cli = _cli(tmp_path, "fit", "--config", QUICKSTART_DCASE, "--trainer.fast_dev_run", "true", "--test_after_fit", "false",
+               "--model.init_args.mixup_alpha", "0.4", "--model.init_args.cutmix_alpha", "1.0")
+    assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
+    wave, labels = torch.randn(8, 16000), torch.arange(8) % 5
+    mixed, soft = cli.model.mix(wave.reshape(8, 1, 1, -1), labels)
+    assert mixed.shape == (8, 1, 1, 16000) and soft.shape == (8, 5) and not torch.equal(mixed.flatten(1), wave)

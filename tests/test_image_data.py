@@ -110,7 +110,9 @@ def _data_overrides(config: Path, cifar_root: Path, folder_root: Path) -> list[s
         return []
     if data_class == "datamodules.TAUScenesDataModule":  # the synthetic set, written into the test's folder
         return ["--data.init_args.root", str(folder_root.parent / "tau"), "--data.init_args.synthesize_if_missing", "true",
-                "--data.init_args.batch_size", "8"]
+                "--data.init_args.sample_rate", "16000", "--data.init_args.duration", "1.0",
+                "--data.init_args.batch_size", "8", "--data.init_args.num_workers", "0",
+                "--data.init_args.persistent_workers", "false"]
     if data_class == "datamodules.CIFARDataModule":
         return [*common, "--data.init_args.root", str(cifar_root), "--data.init_args.persistent_workers", "false"]
     if data_class == "datamodules.ImageFolderDataModule":

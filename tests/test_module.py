@@ -100,3 +100,11 @@ def test_print_config_prints_the_resolved_config(capsys):
     printed = capsys.readouterr().out
     assert "norm: bn" in printed and "class_path: models.ImageClassifier" in printed
     assert "num_classes" not in printed  # linked from the datamodule, never typed
+
+
+def test_cosine_with_warm_restarts_schedule(tmp_path):
+    lrs = _lrs(_model(lr=0.1, schedule="cosine_restarts", restart_epochs=1, restart_mult=2), tmp_path, epochs=3)
+    per = len(lrs) // 3
+    assert lrs[0] == pytest.approx(0.1) and lrs[per] == pytest.approx(0.1)  # restart after 1 epoch
+    assert lrs[per - 1] < 0.01  # annealed towards 0 before the restart
+    assert lrs[2 * per] == pytest.approx(0.1 * (1 + math.cos(math.pi * per / (2 * per))) / 2)  # mid second period
