@@ -19,7 +19,17 @@ from l2bn_lit import get_norm_layer
 from .cifar_resnet import NormLayer
 from .small_cnn import SmallCNN
 
-__all__ = ["AUDIO_ARCHITECTURES", "BaselineCNN", "FrequencySplitResNet", "LogMel", "SpecAugment", "build_audio_model"]
+__all__ = [
+    "AUDIO_ARCHITECTURES",
+    "BaselineCNN",
+    "ChannelAttention",
+    "FCNN",
+    "FrequencySplitResNet",
+    "FrequencySubsampledFCNN",
+    "LogMel",
+    "SpecAugment",
+    "build_audio_model",
+]
 
 
 class LogMel(nn.Module):
@@ -162,6 +172,76 @@ class FrequencySplitResNet(nn.Module):
         return self.head(torch.cat([self.low(x[:, :, :half]), self.high(x[:, :, half:])], dim=2))
 
 
+def _conv(norm_layer: NormLayer, cin: int, cout: int, kernel: int = 3, stride: int | tuple[int, int] = 1) -> list[nn.Module]:
+    """conv ('same' padding) -> norm -> ReLU."""
+    return [nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False), norm_layer(cout), nn.ReLU(inplace=True)]
+
+
+class ChannelAttention(nn.Module):
+    """CBAM-style channel attention: a shared two-layer MLP on the spatially averaged and maximum
+    features, summed, through a sigmoid, scales each channel. ``(N, C, F, T)`` -> same shape."""
+
+    def __init__(self, channels: int, ratio: int = 2) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(channels, channels // ratio), nn.ReLU(inplace=True), nn.Linear(channels // ratio, channels))
+
+    def forward(self, x: Tensor) -> Tensor:
+        weights = torch.sigmoid(self.mlp(x.mean((2, 3))) + self.mlp(x.amax((2, 3))))
+        return x * weights[:, :, None, None]
+
+
+class _AttentionHead(nn.Sequential):
+    """1x1 conv to the classes -> plain norm -> ReLU -> plain norm -> channel attention -> global average."""
+
+    def __init__(self, channels: int, num_classes: int, plain_norm: NormLayer) -> None:
+        super().__init__(
+            *_conv(plain_norm, channels, num_classes, kernel=1), plain_norm(num_classes), ChannelAttention(num_classes, 2),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+
+
+class FCNN(nn.Sequential):
+    """Fully convolutional network with channel attention (Hu et al., ICASSP 2021): an input norm,
+    three VGG-like stages (24, 48, 96 channels; 2, 2, 4 convolutions; the last with dropout 0.3),
+    2x2 max-pooling after each, then the attention head. Input ``(N, in_channels, F, T)``."""
+
+    def __init__(
+        self, num_classes: int, norm_layer: NormLayer, plain_norm: NormLayer, in_channels: int = 1, widths=(24, 48, 96)
+    ) -> None:
+        w1, w2, w3 = widths
+        stage3: list[nn.Module] = []
+        for i in range(4):
+            stage3 += _conv(norm_layer, w2 if i == 0 else w3, w3) + ([nn.Dropout(0.3)] if i < 3 else [])
+        super().__init__(
+            norm_layer(in_channels),
+            *_conv(norm_layer, in_channels, w1, kernel=5, stride=2), *_conv(norm_layer, w1, w1), nn.MaxPool2d(2),
+            *_conv(norm_layer, w1, w2), *_conv(norm_layer, w2, w2), nn.MaxPool2d(2),
+            *stage3, nn.MaxPool2d(2),
+            _AttentionHead(w3, num_classes, plain_norm),
+        )
+
+
+class FrequencySubsampledFCNN(nn.Sequential):
+    """fsFCNN (Hu et al., ICASSP 2021): the FCNN with four stages (14, 24, 48, 96 channels),
+    3x3 max-pooling with stride 2 in the first two stages and stride 2 in time only (not in
+    frequency) in the third, dropout 0.5 in the fourth, and the attention head."""
+
+    def __init__(
+        self, num_classes: int, norm_layer: NormLayer, plain_norm: NormLayer, in_channels: int = 1, widths=(14, 24, 48, 96)
+    ) -> None:
+        w1, w2, w3, w4 = widths
+        super().__init__(
+            norm_layer(in_channels),
+            *_conv(norm_layer, in_channels, w1, kernel=5, stride=(1, 2)), *_conv(norm_layer, w1, w1),
+            nn.MaxPool2d(3, stride=2, padding=1),
+            *_conv(norm_layer, w1, w2), *_conv(norm_layer, w2, w2), nn.MaxPool2d(3, stride=2, padding=1),
+            *_conv(norm_layer, w2, w3), *_conv(norm_layer, w3, w3), nn.MaxPool2d(3, stride=(1, 2), padding=1),
+            *_conv(norm_layer, w3, w3), *_conv(norm_layer, w3, w3), nn.MaxPool2d(3, stride=(1, 2), padding=1),
+            *_conv(norm_layer, w3, w4), nn.Dropout(0.5), *_conv(norm_layer, w4, w4), nn.Dropout(0.5),
+            _AttentionHead(w4, num_classes, plain_norm),
+        )
+
+
 def _small_cnn(num_classes: int, norm_layer: NormLayer, in_channels: int = 1) -> SmallCNN:
     """A low-complexity CNN (about 24k parameters) for the 1-second tasks."""
     return SmallCNN(num_classes, norm_layer, in_channels, width=16)
@@ -171,7 +251,11 @@ AUDIO_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "dcase_baseline": BaselineCNN,
     "small_cnn": _small_cnn,
     "fs_resnet": FrequencySplitResNet,
+    "fcnn": FCNN,
+    "fsfcnn": FrequencySubsampledFCNN,
 }
+#: architectures whose inner norms (Keras center=False, scale=False) have no affine parameters
+_WITH_PLAIN_NORMS = ("fs_resnet", "fcnn", "fsfcnn")
 
 
 def build_audio_model(arch: str, num_classes: int, norm: str = "l2bn", norm_options: dict | None = None) -> nn.Module:
@@ -180,7 +264,7 @@ def build_audio_model(arch: str, num_classes: int, norm: str = "l2bn", norm_opti
         raise ValueError(f"unknown audio arch {arch!r}; choose one of {', '.join(AUDIO_ARCHITECTURES)}")
     options = dict(norm_options or {})
     norm_layer = get_norm_layer(norm, 2, **options)
-    if arch == "fs_resnet":  # its inner norms have no affine parameters (Keras center=False, scale=False)
+    if arch in _WITH_PLAIN_NORMS:
         plain = norm_layer if norm == "none" else get_norm_layer(norm, 2, **{**options, "affine": False})
-        return FrequencySplitResNet(num_classes, norm_layer, plain)
+        return AUDIO_ARCHITECTURES[arch](num_classes, norm_layer, plain)
     return AUDIO_ARCHITECTURES[arch](num_classes=num_classes, norm_layer=norm_layer)

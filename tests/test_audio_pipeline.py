@@ -111,3 +111,27 @@ def test_mixup_and_cutmix_train_on_waveforms(tmp_path):
     wave, labels = torch.randn(8, 16000), torch.arange(8) % 5
     mixed, soft = cli.model.mix(wave.reshape(8, 1, 1, -1), labels)
     assert mixed.shape == (8, 1, 1, 16000) and soft.shape == (8, 5) and not torch.equal(mixed.flatten(1), wave)
+
+
+@pytest.mark.parametrize("arch", ["dcase_baseline", "small_cnn", "fs_resnet", "fcnn", "fsfcnn"])
+@pytest.mark.parametrize("norm", ["bn", "l2bn"])
+def test_every_audio_architecture_takes_the_norm_switch(arch, norm):
+    from torch import nn
+
+    from models.audio import build_audio_model
+
+    model = build_audio_model(arch, 10, norm)
+    x = torch.randn(2, 1, 64, 40)
+    assert model(x).shape == (2, 10)
+    kinds = {type(m) for m in model.modules() if isinstance(m, (nn.BatchNorm2d, L2BN2d))}
+    assert kinds == ({L2BN2d} if norm == "l2bn" else {nn.BatchNorm2d})
+
+
+def test_channel_attention_by_hand():
+    from models.audio import ChannelAttention
+
+    attention = ChannelAttention(4, ratio=2)
+    x = torch.randn(3, 4, 5, 6)
+    mlp = attention.mlp
+    expected = x * torch.sigmoid(mlp(x.mean((2, 3))) + mlp(x.flatten(2).max(2).values))[:, :, None, None]
+    torch.testing.assert_close(attention(x), expected)
