@@ -26,8 +26,10 @@ __all__ = [
     "FCNN",
     "FrequencySplitResNet",
     "FrequencySubsampledFCNN",
+    "FreqMixStyle",
     "LogMel",
     "SpecAugment",
+    "TimeRoll",
     "build_audio_model",
 ]
 
@@ -78,6 +80,38 @@ class SpecAugment(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.steps(x) if self.training else x
+
+
+class TimeRoll(nn.Module):
+    """Rolls each waveform ``(N, samples)`` circularly by a random offset, in training only."""
+
+    def forward(self, wave: Tensor) -> Tensor:
+        if not self.training:
+            return wave
+        shifts = torch.randint(0, wave.shape[-1], (wave.shape[0], 1), device=wave.device)
+        index = (torch.arange(wave.shape[-1], device=wave.device) - shifts) % wave.shape[-1]
+        return torch.gather(wave, -1, index)
+
+
+class FreqMixStyle(nn.Module):
+    """Freq-MixStyle (Schmid et al., DCASE 2022): with probability ``p`` per batch, the log-mel's
+    per-(sample, frequency) mean and std over channels and time are replaced by a Beta(alpha, alpha)
+    mix with those of another sample of the batch, in training only. ``(N, C, F, T)`` -> same."""
+
+    def __init__(self, p: float = 0.0, alpha: float = 0.3, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.p, self.alpha, self.eps = p, alpha, eps
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.p == 0 or torch.rand(()) > self.p:
+            return x
+        mean = x.mean(dim=(1, 3), keepdim=True).detach()
+        std = (x.var(dim=(1, 3), keepdim=True) + self.eps).sqrt().detach()
+        lam = torch.distributions.Beta(self.alpha, self.alpha).sample((x.shape[0], 1, 1, 1)).to(x.device)
+        perm = torch.randperm(x.shape[0], device=x.device)
+        mixed_mean = lam * mean + (1 - lam) * mean[perm]
+        mixed_std = lam * std + (1 - lam) * std[perm]
+        return (x - mean) / std * mixed_std + mixed_mean
 
 
 class BaselineCNN(nn.Module):

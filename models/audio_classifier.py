@@ -13,7 +13,7 @@ from datamodules.tau_layout import device_of
 from l2bn_lit.dcase import dcase_report, write_submission
 from l2bn_lit.module import ClassificationModule
 
-from .audio import LogMel, SpecAugment, build_audio_model
+from .audio import FreqMixStyle, LogMel, SpecAugment, TimeRoll, build_audio_model
 
 __all__ = ["AudioSceneClassifier"]
 
@@ -33,6 +33,8 @@ class AudioSceneClassifier(ClassificationModule):
         arch: a name from :data:`models.audio.AUDIO_ARCHITECTURES`.
         n_fft, hop_length, n_mels, f_min, f_max, log, top_db: the log-mel front-end (:class:`LogMel`).
         freq_mask, time_mask: SpecAugment mask widths in bins/frames (0: off), training only.
+        time_roll: roll each training waveform by a random offset.
+        mixstyle_p, mixstyle_alpha: Freq-MixStyle probability per batch (0: off) and Beta parameter.
         **kwargs: :class:`~l2bn_lit.module.ClassificationModule` options (norm, optimizer, mixup, ...).
     """
 
@@ -55,6 +57,9 @@ class AudioSceneClassifier(ClassificationModule):
         top_db: float | None = 80.0,
         freq_mask: int = 0,
         time_mask: int = 0,
+        time_roll: bool = False,
+        mixstyle_p: float = 0.0,
+        mixstyle_alpha: float = 0.3,
         **kwargs,
     ) -> None:
         if sample_rate is None:
@@ -67,7 +72,9 @@ class AudioSceneClassifier(ClassificationModule):
         hp = self.hparams
         frontend = LogMel(hp.sample_rate, hp.n_fft, hp.hop_length, hp.n_mels, hp.f_min, hp.f_max, hp.log, hp.top_db)
         cnn = build_audio_model(hp.arch, hp.num_classes, hp.norm, hp.norm_options)
-        return nn.Sequential(frontend, SpecAugment(hp.freq_mask, hp.time_mask), cnn)
+        augment = [TimeRoll()] if hp.time_roll else []
+        spec_augment = [SpecAugment(hp.freq_mask, hp.time_mask), FreqMixStyle(hp.mixstyle_p, hp.mixstyle_alpha)]
+        return nn.Sequential(*augment, frontend, *spec_augment, cnn)
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         super().test_step(batch, batch_idx)

@@ -135,3 +135,31 @@ def test_channel_attention_by_hand():
     mlp = attention.mlp
     expected = x * torch.sigmoid(mlp(x.mean((2, 3))) + mlp(x.flatten(2).max(2).values))[:, :, None, None]
     torch.testing.assert_close(attention(x), expected)
+
+
+def test_time_roll_rotates_each_clip_in_training_only():
+    from models.audio import TimeRoll
+
+    roll = TimeRoll()
+    wave = torch.arange(20.0).repeat(3, 1)
+    assert torch.equal(roll.eval()(wave), wave)
+    torch.manual_seed(0)
+    rolled = roll.train()(wave)
+    for row in rolled:
+        shift = int((20 - row[0]) % 20)
+        assert torch.equal(row, torch.roll(wave[0], shift))
+
+
+def test_freq_mixstyle_mixes_statistics_between_samples():
+    from models.audio import FreqMixStyle
+
+    mix = FreqMixStyle(p=1.0, alpha=0.3)
+    x = torch.randn(2, 1, 6, 50)
+    assert torch.equal(mix.eval()(x), x)
+    same = x[:1].repeat(2, 1, 1, 1)
+    torch.testing.assert_close(mix.train()(same), same, atol=1e-4, rtol=1e-4)  # nothing to mix with
+    y = torch.stack([torch.randn(1, 6, 50), 3 + 2 * torch.randn(1, 6, 50)])
+    out = mix.train()(y)
+    low, high = y.mean(dim=(1, 3)).min(0).values, y.mean(dim=(1, 3)).max(0).values
+    out_means = out.mean(dim=(1, 3))
+    assert ((out_means >= low - 1e-4) & (out_means <= high + 1e-4)).all()  # convex mixes of the two means
