@@ -143,3 +143,14 @@ def test_synthesize_only_into_a_folder_without_meta(tmp_path, synthetic_root):
     before = (synthetic_root / "meta.csv").stat().st_mtime_ns
     TAUScenesDataModule(str(synthetic_root), sample_rate=RATE, duration=DURATION, synthesize_if_missing=True)
     assert (synthetic_root / "meta.csv").stat().st_mtime_ns == before  # an existing data set is used as it is
+
+
+def test_training_subset_split_file_as_in_the_2022_releases(root):
+    """The 1-second releases ship train subsets (split5.csv ... split100.csv) next to the fold lists."""
+    train = pd.read_csv(root / "evaluation_setup/fold1_train.csv", sep="\t")
+    subset = train.groupby("scene_label").head(4)  # a class-balanced subset
+    subset.to_csv(root / "split25.csv", sep="\t", index=False)
+    data = _data(root, train_list="split25.csv")
+    data.setup()
+    assert len(data.train_set) + len(data.val_set) == len(subset) == 20
+    assert set(data.train_table["filename"]) == set(subset["filename"])
