@@ -132,7 +132,8 @@ class ClassificationModule(pl.LightningModule):
         self.val_metrics.update(logits, y)
         self.log_dict(self.val_metrics, prog_bar=True)
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        """Updates the test metrics; returns the logits ``(N, num_classes)`` for subclasses' reports."""
         x, y = batch
         logits = self(x)
         self.log("test/loss", F.cross_entropy(logits, y), sync_dist=True)
@@ -140,6 +141,7 @@ class ClassificationModule(pl.LightningModule):
         self.test_per_class.update(logits, y)
         self.test_confusion.update(logits, y)
         self.log_dict(self.test_metrics)
+        return logits
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch

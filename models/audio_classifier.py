@@ -76,11 +76,11 @@ class AudioSceneClassifier(ClassificationModule):
         spec_augment = [SpecAugment(hp.freq_mask, hp.time_mask), FreqMixStyle(hp.mixstyle_p, hp.mixstyle_alpha)]
         return nn.Sequential(*augment, frontend, *spec_augment, cnn)
 
-    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
-        super().test_step(batch, batch_idx)
-        with torch.no_grad():
-            self._probs.append(self(batch[0]).softmax(1).cpu())
+    def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
+        logits = super().test_step(batch, batch_idx)
+        self._probs.append(logits.softmax(1).cpu())
         self._labels.append(batch[1].cpu())
+        return logits
 
     def on_test_epoch_end(self) -> None:
         super().on_test_epoch_end()
