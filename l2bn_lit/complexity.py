@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
+
+from .module import run_folder
 
 __all__ = ["ComplexityReport", "complexity_report", "main"]
 
@@ -43,7 +44,7 @@ class ComplexityReport(pl.Callback):
     """Writes ``complexity.json`` into the run folder at the start of fit and logs the numbers."""
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        folder = Path(trainer.log_dir or trainer.default_root_dir)  # a collective: every rank calls it
+        folder = run_folder(trainer)
         shape = pl_module.hparams.get("input_shape")
         if shape is None or not trainer.is_global_zero or trainer.fast_dev_run:  # fast_dev_run writes nothing
             return

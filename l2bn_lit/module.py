@@ -22,9 +22,15 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchvision.transforms import v2
 
-__all__ = ["ClassificationModule", "CheckpointMismatchError"]
+__all__ = ["ClassificationModule", "CheckpointMismatchError", "run_folder"]
 
 _NORM_TYPES = (_BatchNorm, nn.GroupNorm, nn.LayerNorm)
+
+
+def run_folder(trainer: pl.Trainer) -> Path:
+    """The run's folder (the first logger's, else ``default_root_dir``). Under DDP this is a
+    collective (``trainer.log_dir`` broadcasts): every rank must call it, not only rank zero."""
+    return Path(trainer.log_dir or trainer.default_root_dir)
 
 
 class CheckpointMismatchError(ValueError):
@@ -152,7 +158,7 @@ class ClassificationModule(pl.LightningModule):
         confusion = self.test_confusion.compute().cpu()
         self.test_per_class.reset()
         self.test_confusion.reset()
-        folder = Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective: every rank
+        folder = run_folder(self.trainer)
         if self.trainer.is_global_zero and not self.trainer.fast_dev_run:  # fast_dev_run writes nothing
             self.write_test_report(per_class, confusion, folder)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import warnings
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -11,7 +10,7 @@ from torch import Tensor, nn
 
 from datamodules.tau_layout import device_of
 from l2bn_lit.dcase import dcase_report, write_submission
-from l2bn_lit.module import ClassificationModule
+from l2bn_lit.module import ClassificationModule, run_folder
 
 from .audio import FreqMixStyle, LogMel, SpecAugment, TimeRoll, build_audio_model
 
@@ -86,7 +85,7 @@ class AudioSceneClassifier(ClassificationModule):
         super().on_test_epoch_end()
         probs, labels = torch.cat(self._probs).numpy(), torch.cat(self._labels).numpy()
         self._probs, self._labels = [], []
-        folder = self._run_folder()
+        folder = run_folder(self.trainer)
         if self.trainer.world_size > 1:
             warnings.warn("the DCASE report needs every test clip in one process: run test with --trainer.devices 1", stacklevel=2)
             return
@@ -104,13 +103,10 @@ class AudioSceneClassifier(ClassificationModule):
     def on_predict_epoch_end(self) -> None:
         probs = torch.cat(self._probs).numpy()
         self._probs = []
-        folder = self._run_folder()
+        folder = run_folder(self.trainer)
         if self.trainer.world_size > 1:
             warnings.warn("the submission file needs every clip in one process: run predict with --trainer.devices 1", stacklevel=2)
             return
         folder.mkdir(parents=True, exist_ok=True)
         files = self.trainer.datamodule.predict_set.files[: len(probs)]
         write_submission(folder / "submission.csv", files, probs, self.hparams.class_names)
-
-    def _run_folder(self) -> Path:
-        return Path(self.trainer.log_dir or self.trainer.default_root_dir)  # a collective: every rank calls it

@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from reference import ReferenceL2BN, reference_l2bn
 
 from l2bn_lit import L2BN1d, L2BN2d, L2BN3d, l2_batch_norm
