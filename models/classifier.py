@@ -27,9 +27,9 @@ class ImageClassifier(ClassificationModule):
     def __init__(
         self, num_classes: int, input_shape: list[int] | None = None, arch: str = "resnet20", **kwargs
     ) -> None:
-        super().__init__(num_classes=num_classes, input_shape=input_shape, **kwargs)
-        if self.hparams.sample_rate is not None:
+        if kwargs.get("sample_rate") is not None:
             raise ValueError("ImageClassifier takes image data; the datamodule provides audio (sample_rate is set)")
+        super().__init__(num_classes=num_classes, input_shape=input_shape, **kwargs)
 
     def build_network(self) -> nn.Module:
         hp = self.hparams
