@@ -111,7 +111,7 @@ def main() -> None:
     torch.manual_seed(0)
     # Untimed pass first: the process's allocator settles (glibc adapts its mmap threshold to the
     # large buffers) and the steady state of a training run is what gets measured.
-    bench_shape(SHAPES[0], args.device, False, args.compile, args.warmup, args.warmup)
+    bench_shape(SHAPES[0], args.device, False, args.compile, args.repeats, args.warmup)
     rows = []
     layouts = [False] if args.no_channels_last else [False, True]
     for channels_last in layouts:
