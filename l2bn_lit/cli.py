@@ -90,6 +90,10 @@ def default_loggers(save_dir: str = "runs") -> list[dict[str, Any]]:
 class L2BNLightningCLI(LightningCLI):
     """LightningCLI for the classification pipelines (see the module docstring)."""
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self._default_callbacks = list(kwargs.get("trainer_defaults", {}).get("callbacks", []))
+        super().__init__(*args, **kwargs)
+
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for source in LINKED:
             parser.link_arguments(f"data.{source}", f"model.init_args.{source}", apply_on="instantiate")
@@ -130,9 +134,12 @@ class L2BNLightningCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         trainer_config = self._get(self.config_init, "trainer", default={})
-        # the Rich progress bar unless --trainer.enable_progress_bar false
-        callbacks = [cb for cb in self.trainer_defaults.get("callbacks", []) if not isinstance(cb, RichProgressBar)]
-        if trainer_config.get("enable_progress_bar") is not False:
+        callbacks = [cb for cb in self._default_callbacks if not isinstance(cb, RichProgressBar)]
+        if trainer_config.get("fast_dev_run"):
+            # a smoke run saves nothing; Lightning 2.6's ModelCheckpoint.on_train_end would still write
+            # last.ckpt, into ./checkpoints since fast_dev_run also disables the logger
+            callbacks = [cb for cb in callbacks if not isinstance(cb, ModelCheckpoint)]
+        if trainer_config.get("enable_progress_bar") is not False:  # unless --trainer.enable_progress_bar false
             callbacks.append(RichProgressBar())
         self.trainer_defaults["callbacks"] = callbacks
         if trainer_config.get("sync_batchnorm") and "plugins" not in kwargs:

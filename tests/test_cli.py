@@ -37,3 +37,12 @@ def test_progress_bar_is_rich_and_can_be_switched_off():
     assert any(isinstance(cb, RichProgressBar) for cb in main(BASE, run=False).trainer.callbacks)
     quiet = main(BASE + ["--trainer.enable_progress_bar", "false"], run=False)
     assert quiet.trainer.progress_bar_callback is None
+
+
+def test_fast_dev_run_writes_nothing_into_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    cli = main(["fit", "--model", "models.ImageClassifier", "--model.arch", "small_cnn", "--data",
+                "datamodules.DigitsDataModule", "--trainer.accelerator", "cpu", "--trainer.fast_dev_run", "true",
+                "--test_after_fit", "true"])
+    assert cli.trainer.state.finished
+    assert list(tmp_path.iterdir()) == []
