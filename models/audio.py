@@ -61,9 +61,9 @@ class LogMel(nn.Module):
 
     def forward(self, wave: Tensor) -> Tensor:
         with torch.autocast(wave.device.type, enabled=False):  # the STFT and the log in float32
-            power = self.mel(wave.float())
-            logmel = self.to_db(power) if self.to_db is not None else torch.log(power + 1e-6)
-        return logmel.unsqueeze(1)
+            power = self.mel(wave.float()).unsqueeze(1)
+            # 4-D input: AmplitudeToDB floors each clip at its own maximum (3-D: the batch's maximum)
+            return self.to_db(power) if self.to_db is not None else torch.log(power + 1e-6)
 
 
 class SpecAugment(nn.Module):

@@ -34,6 +34,17 @@ def test_logmel_matches_librosa_and_the_papers_frame_count():
     torch.testing.assert_close(ours, torch.from_numpy(np.log(reference + 1e-6)), atol=2e-3, rtol=1e-4)
 
 
+def test_db_floor_is_each_clips_own_and_not_the_batchs():
+    quiet, loud = torch.randn(1, 16000) * 1e-3, torch.randn(1, 16000)
+    frontend = LogMel(16000, n_fft=512, hop_length=256, n_mels=40, top_db=80.0)
+    alone = frontend(quiet)
+    assert torch.equal(frontend(torch.cat([quiet, loud]))[:1], alone)
+    power = frontend.mel(quiet).double()
+    reference = 10 * torch.log10(power.clamp_min(1e-10))
+    reference = torch.maximum(reference, reference.max() - 80.0)  # hand-written: floor 80 dB below the clip's peak
+    torch.testing.assert_close(alone[0, 0].double(), reference[0], atol=1e-4, rtol=1e-5)
+
+
 def test_specaugment_masks_only_in_training():
     x = torch.randn(4, 1, 64, 100)
     augment = SpecAugment(freq_mask=10, time_mask=20)
