@@ -5,24 +5,29 @@ unreadable file is an error naming it; clips shorter than ``duration`` are an er
 ``short_clips="pad"``, zero-padded with a warning that counts them; other sample rates are
 resampled (torchaudio) and stereo is mixed down, each said once in the log with a count. A
 truncated wav reads as a short clip (libsndfile clamps its length to the data present).
+
+With ``feature_cache``, the loaders give log-mels from a memory-mapped cache computed once with the
+model's front-end (:mod:`datamodules.feature_cache`) instead of decoding every clip every epoch.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import warnings
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
-from torch import Tensor
+from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 from .base import ClassificationDataModule
+from .feature_cache import CachedFeatureDataset, build_feature_cache, feature_cache_path
 from .tau_layout import read_file_list, write_synthetic_tau
 
 __all__ = ["AudioClipDataset", "TAUScenesDataModule"]
@@ -83,6 +88,9 @@ class TAUScenesDataModule(ClassificationDataModule):
         short_clips: ``error`` (default) or ``pad`` (zero-pad, with a warning counting them).
         synthesize_if_missing: write the small synthetic data set into ``root`` if it holds no
             ``meta.csv`` (the embedded default); a root holding a real data set is used as it is.
+        feature_cache: a folder for the offline log-mel cache (None: decode and extract on the fly).
+            The cache holds the clips as evaluation sees them: training then has no random crop
+            (the same thing when ``duration`` is the clips' length, as in DCASE 2020).
         **kwargs: :class:`~datamodules.base.ClassificationDataModule` options.
     """
 
@@ -97,6 +105,7 @@ class TAUScenesDataModule(ClassificationDataModule):
         val_by: Literal["location", "random"] = "location",
         short_clips: Literal["error", "pad"] = "error",
         synthesize_if_missing: bool = False,
+        feature_cache: str | None = None,
         batch_size: int = 32,
         **kwargs,
     ) -> None:
@@ -108,6 +117,7 @@ class TAUScenesDataModule(ClassificationDataModule):
         self.samples = round(sample_rate * duration)
         self.train_list, self.test_list, self.predict_list = train_list, test_list, predict_list
         self.val_by, self.short_clips = val_by, short_clips
+        self.feature_cache = feature_cache
         self.train_table = read_file_list(root, train_list, need_labels=True)
         self.class_names = sorted(self.train_table["scene_label"].unique())
         self.num_classes = len(self.class_names)
@@ -162,18 +172,62 @@ class TAUScenesDataModule(ClassificationDataModule):
         is_val = self.train_table["identifier"].isin(held_out).to_numpy()
         return np.flatnonzero(~is_val).tolist(), np.flatnonzero(is_val).tolist()
 
-    def _dataset(self, table: pd.DataFrame, list_path: str, labeled: bool, random_crop: bool) -> AudioClipDataset:
+    def _dataset(self, table: pd.DataFrame, list_path: str, labeled: bool) -> AudioClipDataset:
         self.check_files(table, list_path)
         labels = self._labels(table, list_path) if labeled else None
-        return AudioClipDataset(Path(self.root), table, labels, self.sample_rate, self.samples, random_crop)
+        return AudioClipDataset(Path(self.root), table, labels, self.sample_rate, self.samples, random_crop=False)
+
+    def _list(self, list_path: str) -> AudioClipDataset:
+        """The clips of a file list (the training list, the test list or the predict list)."""
+        if list_path == self.train_list:
+            return self._dataset(self.train_table, list_path, labeled=True)
+        labeled = list_path != self.predict_list
+        return self._dataset(read_file_list(self.root, list_path, need_labels=labeled), list_path, labeled)
+
+    def _frontend(self) -> tuple[nn.Module, dict[str, Any]]:
+        """The attached model's log-mel front-end and the settings that key the cache."""
+        model = self.trainer.lightning_module if self.trainer is not None else None
+        if model is None or not hasattr(model, "frontend_settings"):
+            raise RuntimeError(
+                "data option feature_cache needs a model with a log-mel front-end (models.AudioSceneClassifier) "
+                "attached through a Trainer; set feature_cache to null to extract on the fly"
+            )
+        settings = dict(model.frontend_settings)
+        if settings["sample_rate"] != self.sample_rate:
+            raise ValueError(f"the model's front-end expects {settings['sample_rate']} Hz, the data is at {self.sample_rate} Hz")
+        return model.frontend, {**settings, "samples": self.samples}
+
+    def _cache_path(self, clips: AudioClipDataset, list_path: str) -> Path:
+        _, settings = self._frontend()
+        return feature_cache_path(self.feature_cache, list_path, settings, clips.root, clips.files)
+
+    def _cached(self, clips: AudioClipDataset, list_path: str) -> Dataset:
+        if self.feature_cache is None:
+            return clips
+        return CachedFeatureDataset(self._cache_path(clips, list_path), clips.files, clips.labels)
+
+    def prepare_data(self) -> None:
+        """Builds the missing feature-cache files of the lists this trainer stage reads (rank 0)."""
+        if self.feature_cache is None:
+            return
+        stage = self.trainer.state.fn if self.trainer is not None else None
+        lists = {"fit": [self.train_list], "validate": [self.train_list], "test": [self.test_list]}
+        for list_path in lists.get(stage, [self.predict_list]):
+            clips = self._list(list_path)
+            path = self._cache_path(clips, list_path)
+            if not path.is_file():
+                frontend, settings = self._frontend()
+                build_feature_cache(path, clips, frontend, settings, self.batch_size, self.num_workers)
 
     def build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
-        train = self._dataset(self.train_table, self.train_list, labeled=True, random_crop=True)
-        train_eval = AudioClipDataset(Path(self.root), self.train_table, train.labels, self.sample_rate, self.samples, False)
-        test_table = read_file_list(self.root, self.test_list, need_labels=True)
-        return train, train_eval, self._dataset(test_table, self.test_list, labeled=True, random_crop=False)
+        train, test = self._list(self.train_list), self._list(self.test_list)
+        if self.feature_cache is not None:
+            train = self._cached(train, self.train_list)
+            return train, train, self._cached(test, self.test_list)
+        random_crop = copy.copy(train)
+        random_crop.random_crop = True
+        return random_crop, train, test
 
     def predict_dataloader(self):
-        table = read_file_list(self.root, self.predict_list, need_labels=False)
-        self.predict_set = self._dataset(table, self.predict_list, labeled=False, random_crop=False)
+        self.predict_set = self._cached(self._list(self.predict_list), self.predict_list)
         return self._loader(self.predict_set, shuffle=False)

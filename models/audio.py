@@ -28,6 +28,7 @@ __all__ = [
     "FrequencySubsampledFCNN",
     "FreqMixStyle",
     "LogMel",
+    "LogMelClassifier",
     "SpecAugment",
     "TimeRoll",
     "build_audio_model",
@@ -83,14 +84,16 @@ class SpecAugment(nn.Module):
 
 
 class TimeRoll(nn.Module):
-    """Rolls each waveform ``(N, samples)`` circularly by a random offset, in training only."""
+    """Rolls each sample circularly along its last (time) axis by a random offset, in training
+    only: waveforms ``(N, samples)`` or log-mels ``(N, 1, n_mels, frames)``."""
 
-    def forward(self, wave: Tensor) -> Tensor:
+    def forward(self, x: Tensor) -> Tensor:
         if not self.training:
-            return wave
-        shifts = torch.randint(0, wave.shape[-1], (wave.shape[0], 1), device=wave.device)
-        index = (torch.arange(wave.shape[-1], device=wave.device) - shifts) % wave.shape[-1]
-        return torch.gather(wave, -1, index)
+            return x
+        length = x.shape[-1]
+        shifts = torch.randint(0, length, (x.shape[0], *[1] * (x.dim() - 1)), device=x.device)
+        index = (torch.arange(length, device=x.device) - shifts) % length
+        return torch.gather(x, -1, index.expand_as(x))
 
 
 class FreqMixStyle(nn.Module):
@@ -112,6 +115,26 @@ class FreqMixStyle(nn.Module):
         mixed_mean = lam * mean + (1 - lam) * mean[perm]
         mixed_std = lam * std + (1 - lam) * std[perm]
         return (x - mean) / std * mixed_std + mixed_mean
+
+
+class LogMelClassifier(nn.Module):
+    """Front-end, spectrogram augmentation and CNN: waveforms ``(N, samples)``, or log-mels
+    ``(N, 1, n_mels, frames)`` that this ``frontend`` computed earlier (the feature cache) ->
+    ``(N, num_classes)`` logits. ``augment`` (time roll, SpecAugment, Freq-MixStyle) acts on the
+    log-mel, so both inputs are treated alike."""
+
+    def __init__(self, frontend: LogMel, augment: nn.Module, cnn: nn.Module) -> None:
+        super().__init__()
+        self.frontend, self.augment, self.cnn = frontend, augment, cnn
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() == 2:
+            x = self.frontend(x)
+        elif x.dim() != 4 or x.shape[1] != 1 or x.shape[2] != self.frontend.mel.n_mels:
+            raise ValueError(
+                f"expected waveforms (N, samples) or log-mels (N, 1, {self.frontend.mel.n_mels}, frames), got {tuple(x.shape)}"
+            )
+        return self.cnn(self.augment(x))
 
 
 class BaselineCNN(nn.Module):

@@ -12,13 +12,17 @@ from datamodules.tau_layout import device_of
 from l2bn_lit.dcase import dcase_report, write_submission
 from l2bn_lit.module import ClassificationModule, run_folder
 
-from .audio import FreqMixStyle, LogMel, SpecAugment, TimeRoll, build_audio_model
+from .audio import FreqMixStyle, LogMel, LogMelClassifier, SpecAugment, TimeRoll, build_audio_model
 
 __all__ = ["AudioSceneClassifier"]
 
+#: the log-mel front-end's options
+FRONTEND_KEYS = ("n_fft", "hop_length", "n_mels", "f_min", "f_max", "log", "top_db")
+
 
 class AudioSceneClassifier(ClassificationModule):
-    """Waveform ``(N, samples)`` at ``sample_rate`` -> ``(N, num_classes)`` logits.
+    """Waveform ``(N, samples)`` at ``sample_rate`` (or its log-mel ``(N, 1, n_mels, frames)`` from
+    the datamodule's feature cache) -> ``(N, num_classes)`` logits.
 
     The front-end settings belong to the architecture: they are saved in the checkpoint, and a
     checkpoint is refused by a model with other settings (or another sample rate).
@@ -32,14 +36,12 @@ class AudioSceneClassifier(ClassificationModule):
         arch: a name from :data:`models.audio.AUDIO_ARCHITECTURES`.
         n_fft, hop_length, n_mels, f_min, f_max, log, top_db: the log-mel front-end (:class:`LogMel`).
         freq_mask, time_mask: SpecAugment mask widths in bins/frames (0: off), training only.
-        time_roll: roll each training waveform by a random offset.
+        time_roll: roll each training log-mel along time by a random number of frames.
         mixstyle_p, mixstyle_alpha: Freq-MixStyle probability per batch (0: off) and Beta parameter.
         **kwargs: :class:`~l2bn_lit.module.ClassificationModule` options (norm, optimizer, mixup, ...).
     """
 
-    architecture_keys = (
-        *ClassificationModule.architecture_keys, "arch", "n_fft", "hop_length", "n_mels", "f_min", "f_max", "log", "top_db"
-    )
+    architecture_keys = (*ClassificationModule.architecture_keys, "arch", *FRONTEND_KEYS)
 
     def __init__(
         self,
@@ -71,9 +73,19 @@ class AudioSceneClassifier(ClassificationModule):
         hp = self.hparams
         frontend = LogMel(hp.sample_rate, hp.n_fft, hp.hop_length, hp.n_mels, hp.f_min, hp.f_max, hp.log, hp.top_db)
         cnn = build_audio_model(hp.arch, hp.num_classes, hp.norm, hp.norm_options)
-        augment = [TimeRoll()] if hp.time_roll else []
-        spec_augment = [SpecAugment(hp.freq_mask, hp.time_mask), FreqMixStyle(hp.mixstyle_p, hp.mixstyle_alpha)]
-        return nn.Sequential(*augment, frontend, *spec_augment, cnn)
+        roll = [TimeRoll()] if hp.time_roll else []
+        augment = nn.Sequential(*roll, SpecAugment(hp.freq_mask, hp.time_mask), FreqMixStyle(hp.mixstyle_p, hp.mixstyle_alpha))
+        return LogMelClassifier(frontend, augment, cnn)
+
+    @property
+    def frontend(self) -> LogMel:
+        """The log-mel front-end ``(N, samples)`` -> ``(N, 1, n_mels, frames)``."""
+        return self.network.frontend
+
+    @property
+    def frontend_settings(self) -> dict[str, Any]:
+        """Everything the front-end's output depends on (the datamodule's feature-cache key)."""
+        return {key: self.hparams[key] for key in ("sample_rate", *FRONTEND_KEYS)}
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         logits = super().test_step(batch, batch_idx)

@@ -159,6 +159,11 @@ def test_time_roll_rotates_each_clip_in_training_only():
     for row in rolled:
         shift = int((20 - row[0]) % 20)
         assert torch.equal(row, torch.roll(wave[0], shift))
+    logmel = torch.randn(3, 1, 4, 20)
+    rolled = roll(logmel)
+    for sample, out in zip(logmel, rolled):  # one shift per sample, along frames only
+        shift = next(k for k in range(20) if torch.equal(out, torch.roll(sample, k, dims=-1)))
+        assert torch.equal(out, torch.roll(sample, shift, dims=-1))
 
 
 def test_freq_mixstyle_mixes_statistics_between_samples():
