@@ -15,6 +15,7 @@ import torchaudio
 from torch import Tensor, nn
 
 from l2bn_lit import get_norm_layer
+from l2bn_lit.analysis import classifier_of
 
 from .cifar_resnet import NormLayer
 from .small_cnn import SmallCNN
@@ -136,6 +137,9 @@ class LogMelClassifier(nn.Module):
             )
         return self.cnn(self.augment(x))
 
+    def get_classifier(self) -> nn.Module:
+        return classifier_of(self.cnn)
+
 
 class BaselineCNN(nn.Module):
     """DCASE 2020 baseline-style CNN: two conv(7x7)-norm-ReLU-pool-dropout blocks (32, 64
@@ -154,6 +158,9 @@ class BaselineCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.pool(self.body(x)).flatten(1))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head[-1]
 
 
 class _PreActConv(nn.Sequential):
@@ -228,6 +235,10 @@ class FrequencySplitResNet(nn.Module):
         half = x.shape[2] // 2
         return self.head(torch.cat([self.low(x[:, :, :half]), self.high(x[:, :, half:])], dim=2))
 
+    def get_classifier(self) -> nn.Module:
+        """The 1x1 convolution to the classes."""
+        return self.head[1]
+
 
 def _conv(norm_layer: NormLayer, cin: int, cout: int, kernel: int = 3, stride: int | tuple[int, int] = 1) -> list[nn.Module]:
     """conv ('same' padding) -> norm -> ReLU."""
@@ -257,7 +268,15 @@ class _AttentionHead(nn.Sequential):
         )
 
 
-class FCNN(nn.Sequential):
+class _AttentionHeadNetwork(nn.Sequential):
+    """A feature stack ending in :class:`_AttentionHead`."""
+
+    def get_classifier(self) -> nn.Module:
+        """The attention head (1x1 convolution to the classes onwards)."""
+        return self[-1]
+
+
+class FCNN(_AttentionHeadNetwork):
     """Fully convolutional network with channel attention (Hu et al., ICASSP 2021): an input norm,
     three VGG-like stages (24, 48, 96 channels; 2, 2, 4 convolutions; the last with dropout 0.3),
     2x2 max-pooling after each, then the attention head. Input ``(N, in_channels, F, T)``."""
@@ -278,7 +297,7 @@ class FCNN(nn.Sequential):
         )
 
 
-class FrequencySubsampledFCNN(nn.Sequential):
+class FrequencySubsampledFCNN(_AttentionHeadNetwork):
     """fsFCNN (Hu et al., ICASSP 2021): the FCNN with four stages (14, 24, 48, 96 channels),
     3x3 max-pooling with stride 2 in the first two stages and stride 2 in time only (not in
     frequency) in the third, dropout 0.5 in the fourth, and the attention head."""
