@@ -38,12 +38,14 @@ from torch.nn.modules.batchnorm import _NormBase  # noqa: E402
 from .module import run_folder  # noqa: E402
 
 __all__ = [
+    "CALLBACKS",
     "NORM_TYPES",
     "FeatureNormMonitor",
     "GradientNormMonitor",
     "PenultimateGeometry",
     "classifier_of",
     "coefficient_of_variation",
+    "compare_runs",
     "feature_geometry",
 ]
 
@@ -134,8 +136,8 @@ def _by_depth(axis: plt.Axes, table: pd.DataFrame, value: str, layers: list[str]
     colours = plt.cm.viridis([i / max(1, len(layers) - 1) for i in range(len(layers))])
     for layer, colour in zip(layers, colours):
         rows = table[table["layer"] == layer]
-        axis.plot(rows["step"], rows[value], color=colour, linewidth=0.8)
-    axis.plot(table.groupby("step")[value].mean(), color="black", linewidth=2, label="mean over layers")
+        axis.plot(rows["step"], rows[value], color=colour, linewidth=0.8, marker=".", markersize=2)
+    axis.plot(table.groupby("step")[value].mean(), color="black", linewidth=2, marker="o", markersize=3, label="mean over layers")
     axis.set_xlabel("training step")
     axis.legend()
 
@@ -331,3 +333,68 @@ class PenultimateGeometry(_HistoryCallback):
         figure.savefig(path, dpi=120)
         plt.close(figure)
 
+
+
+#: the callbacks of this module, by class name (what ``python -m l2bn_lit.sweep --analysis`` adds)
+CALLBACKS = ("FeatureNormMonitor", "PenultimateGeometry", "GradientNormMonitor")
+
+
+def _history(runs: list[Path], name: str) -> pd.DataFrame | None:
+    """The ``<name>.csv`` histories of ``runs`` in one table with a ``run`` column (None if none has one)."""
+    tables = [pd.read_csv(run / f"{name}.csv").assign(run=str(run)) for run in runs if (run / f"{name}.csv").is_file()]
+    return pd.concat(tables, ignore_index=True) if tables else None
+
+
+def _mean_band(axis: plt.Axes, table: pd.DataFrame, x: str, value: str, label: str) -> None:
+    """Mean over runs of ``value`` against ``x``, with the min-max band of the runs."""
+    per_run = table.groupby(["run", x])[value].mean().unstack(0)
+    line = axis.plot(per_run.index, per_run.mean(1), marker="o", markersize=3, label=f"{label} ({per_run.shape[1]} runs)")[0]
+    axis.fill_between(per_run.index, per_run.min(1), per_run.max(1), color=line.get_color(), alpha=0.2)
+
+
+def compare_runs(runs_by_norm: dict[str, list[Path]], out: Path) -> list[Path]:
+    """Draws the analysis histories of several runs per norm side by side (mean over a norm's runs,
+    min-max band): ``compare_geometry.png``, ``compare_feature_norms.png`` (mean over layers) and
+    ``compare_grad_norms.png`` (one panel per norm, one line per layer). Returns the files written."""
+    histories = {name: {norm: _history(runs, name) for norm, runs in runs_by_norm.items()} for name in ("geometry", "feature_norms", "grad_norms")}
+    written = []
+    geometry = {norm: t for norm, t in histories["geometry"].items() if t is not None}
+    if geometry:
+        figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+        titles = {"intra_cos": "intra-class compactness (cosine to centroid)", "inter_angle": "inter-class angle (deg)",
+                  "scatter_ratio": "within / between scatter"}
+        for axis, (key, title) in zip(axes, titles.items()):
+            for norm, table in geometry.items():
+                _mean_band(axis, table, "epoch", key, norm)
+            axis.set_title(title)
+            axis.set_xlabel("epoch")
+            axis.legend()
+        written.append(_save(figure, out / "compare_geometry.png"))
+    norms = {norm: t for norm, t in histories["feature_norms"].items() if t is not None}
+    if norms:
+        figure, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+        for axis, (key, where) in zip(axes, (("cv_in", "input"), ("cv_out", "output"))):
+            for norm, table in norms.items():
+                _mean_band(axis, table, "step", key, norm)
+            axis.set_title(f"per-sample l2 norm spread at the norm layers' {where}\n(coefficient of variation, mean over layers)")
+            axis.set_xlabel("training step")
+            axis.legend()
+        written.append(_save(figure, out / "compare_feature_norms.png"))
+    grads = {norm: t for norm, t in histories["grad_norms"].items() if t is not None}
+    if grads:
+        figure, axes = plt.subplots(1, len(grads), figsize=(5.5 * len(grads), 3.8), sharey=True, squeeze=False)
+        for axis, (norm, table) in zip(axes[0], grads.items()):
+            mean = table.groupby(["step", "layer"], sort=False)["grad_norm"].mean().reset_index()
+            _by_depth(axis, mean, "grad_norm", list(dict.fromkeys(table["layer"])))
+            axis.set_yscale("log")
+            axis.set_title(f"{norm}: weight-gradient l2 norm per layer\n(mean over runs; dark = first layer)")
+        axes[0][0].set_ylabel("gradient l2 norm")
+        written.append(_save(figure, out / "compare_grad_norms.png"))
+    return written
+
+
+def _save(figure: plt.Figure, path: Path) -> Path:
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -164,3 +164,7 @@ def main(args: list[str] | None = None, run: bool = True) -> L2BNLightningCLI:
         args=args,
         run=run,
     )
+
+
+if __name__ == "__main__":
+    main()

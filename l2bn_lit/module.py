@@ -91,6 +91,7 @@ class ClassificationModule(pl.LightningModule):
         top5 = min(5, num_classes)
         metrics = {
             "acc": MulticlassAccuracy(num_classes, average="micro"),
+            "acc_macro": MulticlassAccuracy(num_classes, average="macro"),  # mean class-wise accuracy (DCASE's rank)
             f"acc_top{top5}": MulticlassAccuracy(num_classes, top_k=top5, average="micro"),
         }
         self.val_metrics = MetricCollection(metrics, prefix="val/")

@@ -9,6 +9,7 @@ group is the norm (``model.init_args.norm``) and its seed ``seed_everything``, r
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -17,25 +18,26 @@ import yaml
 __all__ = ["collect_runs", "summarize"]
 
 
-def collect_runs(folder: str | Path, metric: str = "test/acc") -> pd.DataFrame:
-    """One row per run under ``folder``: run folder, norm, seed and the last logged ``metric``."""
+def collect_runs(folder: str | Path, metrics: str | Sequence[str] = "test/acc") -> pd.DataFrame:
+    """One row per run under ``folder``: run folder, norm, seed and the last logged value of each metric."""
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
     rows = []
     for config_path in sorted(Path(folder).rglob("config.yaml")):
         metrics_path = config_path.with_name("metrics.csv")
         if not metrics_path.is_file():
             raise FileNotFoundError(f"run {config_path.parent} has a config.yaml but no metrics.csv")
-        metrics = pd.read_csv(metrics_path)
-        if metric not in metrics or metrics[metric].dropna().empty:
-            raise ValueError(f"run {config_path.parent} logged no {metric!r} (was it tested?)")
+        logged = pd.read_csv(metrics_path)
         config = yaml.safe_load(config_path.read_text())
-        rows.append(
-            {
-                "run": str(config_path.parent.relative_to(folder)),
-                "norm": config["model"]["init_args"]["norm"],
-                "seed": config.get("seed_everything"),
-                metric: float(metrics[metric].dropna().iloc[-1]),
-            }
-        )
+        row = {
+            "run": str(config_path.parent.relative_to(folder)),
+            "norm": config["model"]["init_args"]["norm"],
+            "seed": config.get("seed_everything"),
+        }
+        for metric in metrics:
+            if metric not in logged or logged[metric].dropna().empty:
+                raise ValueError(f"run {config_path.parent} logged no {metric!r} (was it tested?)")
+            row[metric] = float(logged[metric].dropna().iloc[-1])
+        rows.append(row)
     if not rows:
         raise FileNotFoundError(f"no runs (config.yaml + metrics.csv) under {folder}")
     return pd.DataFrame(rows)

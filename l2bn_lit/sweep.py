@@ -1,0 +1,164 @@
+"""Norm x seed sweeps: every combination as an ordinary CLI run, then one table of test metrics.
+
+    python -m l2bn_lit.sweep --config configs/quickstart.yaml --norms bn l2bn --seeds 0 1 2 \\
+        [--out runs/sweep] [--metrics test/acc test/acc_macro] [--analysis] [--dry-run] [-- CLI OPTIONS]
+
+Each run is ``python -m l2bn_lit.cli fit --config ... --model.init_args.norm NORM --seed_everything
+SEED --test_after_fit true`` plus the options after ``--``, run one after another in a fresh process
+(``--dry-run`` prints the commands, for a cluster's job array). Run folders are
+``OUT/<norm>/seed<seed>``; a run whose test metrics are already there is not run again, so an
+interrupted sweep resumes. ``--analysis`` adds the :mod:`l2bn_lit.analysis` callbacks to every run
+and draws their curves per norm (mean over seeds) into ``OUT/compare_*.png``.
+
+Writes ``OUT/sweep.csv`` (one row per run) and ``OUT/sweep.md``: mean +- std per norm and, for every
+norm against the first one, the difference paired by seed with its 95% confidence interval
+(Student t with n - 1 degrees of freedom).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+from scipy import stats
+
+from .analysis import CALLBACKS, compare_runs
+from .results import collect_runs
+
+__all__ = ["paired_differences", "run_command", "summary_table", "main"]
+
+
+def run_command(config: str, norm: str, seed: int, out: Path, analysis: bool, extra: list[str]) -> list[str]:
+    """The CLI command of one run of the sweep."""
+    logger = {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": str(out), "name": norm, "version": f"seed{seed}"}}
+    command = [
+        sys.executable, "-m", "l2bn_lit.cli", "fit", "--config", config, "--model.init_args.norm", norm,
+        "--seed_everything", str(seed), "--test_after_fit", "true", "--trainer.logger", json.dumps(logger),
+    ]
+    if analysis:
+        command += [f"--trainer.callbacks+=l2bn_lit.analysis.{name}" for name in CALLBACKS]
+    return command + extra
+
+
+def summary_table(runs: pd.DataFrame, metrics: list[str], norms: list[str]) -> pd.DataFrame:
+    """Mean, sample std and number of runs of each metric per norm, in ``norms`` order."""
+    rows = []
+    for norm in norms:
+        group = runs[runs["norm"] == norm]
+        row = {"norm": norm, "runs": len(group)}
+        for metric in metrics:
+            row[f"{metric} mean"], row[f"{metric} std"] = group[metric].mean(), group[metric].std()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def paired_differences(runs: pd.DataFrame, metrics: list[str], norms: list[str], level: float = 0.95) -> pd.DataFrame:
+    """``norm - norms[0]`` per metric, paired by seed: mean, std, the ``level`` confidence interval."""
+    rows = []
+    base = runs[runs["norm"] == norms[0]].set_index("seed")
+    for norm in norms[1:]:
+        other = runs[runs["norm"] == norm].set_index("seed")
+        seeds = sorted(set(base.index) & set(other.index))
+        for metric in metrics:
+            diff = other.loc[seeds, metric] - base.loc[seeds, metric]
+            n, mean, std = len(diff), diff.mean(), diff.std()
+            half = stats.t.ppf(0.5 + level / 2, n - 1) * std / math.sqrt(n) if n > 1 else math.nan
+            rows.append({"comparison": f"{norm} - {norms[0]}", "metric": metric, "pairs": n, "mean": mean, "std": std,
+                         "ci low": mean - half, "ci high": mean + half})
+    return pd.DataFrame(rows)
+
+
+def _finished(run: Path, metrics: list[str]) -> bool:
+    try:
+        logged = pd.read_csv(run / "metrics.csv")
+    except (FileNotFoundError, pd.errors.EmptyDataError):
+        return False
+    return all(m in logged and logged[m].notna().any() for m in metrics)
+
+
+def _report(args: argparse.Namespace, runs: pd.DataFrame) -> str:
+    summary = summary_table(runs, args.metrics, args.norms)
+    pairs = paired_differences(runs, args.metrics, args.norms)
+    lines = [
+        f"# Sweep: {args.config}",
+        "",
+        f"Command: `python -m l2bn_lit.sweep --config {args.config} --norms {' '.join(args.norms)} --seeds "
+        f"{' '.join(map(str, args.seeds))}{' --analysis' if args.analysis else ''}"
+        f"{' -- ' + ' '.join(args.cli) if args.cli else ''}`",
+        f"Machine: torch {torch.__version__}, {'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}, "
+        f"{torch.get_num_threads()} threads.",
+        "",
+        "## Per norm (mean, sample std)",
+        "",
+        summary.to_markdown(index=False, floatfmt=".4f"),
+        "",
+        f"## Paired by seed, against {args.norms[0]} (95% CI, Student t)",
+        "",
+        pairs.to_markdown(index=False, floatfmt=".4f") if len(pairs) else "(one norm: nothing to compare)",
+        "",
+        "## Runs",
+        "",
+        runs.to_markdown(index=False, floatfmt=".4f"),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--norms", nargs="+", default=["bn", "l2bn"], help="the first is the baseline of the paired differences")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--out", help="sweep folder (default runs/sweep_<config name>)")
+    parser.add_argument("--metrics", nargs="+", default=["test/acc", "test/acc_macro"])
+    parser.add_argument("--analysis", action="store_true", help="add the analysis callbacks and compare their curves")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("cli", nargs=argparse.REMAINDER, help="after --: options passed to every run")
+    args = parser.parse_args(argv)
+    args.cli = args.cli[1:] if args.cli[:1] == ["--"] else args.cli
+    if not Path(args.config).is_file():
+        parser.error(f"--config {args.config} does not exist")
+    out = Path(args.out or f"runs/sweep_{Path(args.config).stem}")
+    for norm in args.norms:
+        for seed in args.seeds:
+            run = out / norm / f"seed{seed}"
+            command = run_command(args.config, norm, seed, out, args.analysis, args.cli)
+            if args.dry_run:
+                print(subprocess.list2cmdline(command))
+                continue
+            if _finished(run, args.metrics):
+                print(f"[sweep] {norm} seed {seed}: done before, kept ({run})")
+                continue
+            if run.exists():  # an interrupted run: start it again from scratch
+                shutil.rmtree(run)
+            log_path = out / "logs" / f"{norm}-seed{seed}.log"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            start = time.perf_counter()
+            with log_path.open("w") as log:
+                result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
+            if result.returncode:
+                raise SystemExit(f"[sweep] {norm} seed {seed} failed (exit {result.returncode}); its output: {log_path}")
+            print(f"[sweep] {norm} seed {seed}: {time.perf_counter() - start:.0f} s ({run})")
+    if args.dry_run:
+        return pd.DataFrame()
+    runs = collect_runs(out, args.metrics)
+    runs = runs[runs["norm"].isin(args.norms) & runs["seed"].isin(args.seeds)].sort_values(["norm", "seed"])
+    runs.to_csv(out / "sweep.csv", index=False)
+    report = _report(args, runs)
+    (out / "sweep.md").write_text(report)
+    if args.analysis:
+        compare_runs({norm: sorted((out / norm).glob("seed*")) for norm in args.norms}, out)
+    print(report)
+    return runs
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,76 @@
+"""The sweep: statistics by hand, and a tiny real sweep (subprocess CLI runs) that resumes."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from l2bn_lit.sweep import main, paired_differences, summary_table
+
+ROOT = Path(__file__).resolve().parents[1]
+T_975_2DF = 4.302652729911275  # Student t quantile 0.975, 2 degrees of freedom (printed tables: 4.303)
+
+
+def _runs() -> pd.DataFrame:
+    return pd.DataFrame({
+        "norm": ["bn"] * 3 + ["l2bn"] * 3,
+        "seed": [0, 1, 2, 2, 0, 1],  # pairing is by seed, not by row order
+        "test/acc": [0.80, 0.82, 0.84, 0.86, 0.81, 0.85],
+    })
+
+
+def test_summary_and_paired_difference_by_hand():
+    summary = summary_table(_runs(), ["test/acc"], ["bn", "l2bn"]).set_index("norm")
+    assert summary.loc["bn", "test/acc mean"] == pytest.approx(0.82)
+    assert summary.loc["bn", "test/acc std"] == pytest.approx(0.02)
+    assert summary.loc["l2bn", "runs"] == 3
+    (row,) = paired_differences(_runs(), ["test/acc"], ["bn", "l2bn"]).to_dict("records")
+    # differences by seed: 0.81-0.80, 0.85-0.82, 0.86-0.84 = 0.01, 0.03, 0.02: mean 0.02, std 0.01
+    assert row["pairs"] == 3 and row["mean"] == pytest.approx(0.02) and row["std"] == pytest.approx(0.01)
+    half = T_975_2DF * 0.01 / math.sqrt(3)
+    assert (row["ci low"], row["ci high"]) == pytest.approx((0.02 - half, 0.02 + half))
+
+
+def test_a_single_pair_has_no_interval():
+    runs = _runs()[_runs()["seed"] == 0]
+    (row,) = paired_differences(runs, ["test/acc"], ["bn", "l2bn"]).to_dict("records")
+    assert row["pairs"] == 1 and math.isnan(row["ci low"])
+
+
+def test_tiny_sweep_runs_every_combination_collects_and_resumes(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    out = tmp_path / "sweep"
+    argv = ["--config", "configs/quickstart.yaml", "--norms", "bn", "l2bn", "--seeds", "0", "1", "--out", str(out), "--analysis",
+            "--", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.enable_progress_bar", "false"]
+    runs = main(argv)
+    assert sorted(zip(runs["norm"], runs["seed"])) == [("bn", 0), ("bn", 1), ("l2bn", 0), ("l2bn", 1)]
+    for _, row in runs.iterrows():
+        run = out / row["norm"] / f"seed{row['seed']}"
+        assert row["test/acc"] == pd.read_csv(run / "metrics.csv")["test/acc"].dropna().iloc[-1]
+        config = (run / "config.yaml").read_text()
+        assert f"norm: {row['norm']}" in config and f"seed_everything: {row['seed']}" in config
+    assert pd.read_csv(out / "sweep.csv").shape[0] == 4
+    report = (out / "sweep.md").read_text()
+    assert "| l2bn - bn    | test/acc" in report and "--norms bn l2bn --seeds 0 1 --analysis" in report
+    for name in ("geometry", "feature_norms", "grad_norms"):
+        assert (out / f"compare_{name}.png").stat().st_size > 1000
+        assert (out / "l2bn" / "seed1" / f"{name}.csv").is_file()
+
+    (out / "l2bn" / "seed1" / "metrics.csv").unlink()  # as if interrupted
+    capsys.readouterr()
+    again = main(argv)
+    printed = capsys.readouterr().out
+    assert printed.count("done before, kept") == 3 and "l2bn seed 1:" in printed
+    assert len(again) == 4
+
+    main([*argv[:10], "--dry-run", *argv[10:]])
+    commands = [line for line in capsys.readouterr().out.splitlines() if "l2bn_lit.cli fit" in line]
+    assert len(commands) == 4 and all("--trainer.max_epochs 1" in c for c in commands)
+
+
+def test_missing_config_is_named(tmp_path):
+    with pytest.raises(SystemExit):
+        main(["--config", str(tmp_path / "nope.yaml")])
