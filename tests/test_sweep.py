@@ -11,7 +11,7 @@ import pytest
 from l2bn_lit.sweep import main, paired_differences, summary_table
 
 ROOT = Path(__file__).resolve().parents[1]
-T_975_2DF = 4.302652729911275  # Student t quantile 0.975, 2 degrees of freedom (printed tables: 4.303)
+T_975_2DF = 4.302653  # Student t quantile 0.975, 2 degrees of freedom (printed tables: 4.303)
 
 
 def _runs() -> pd.DataFrame:
