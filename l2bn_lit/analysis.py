@@ -160,7 +160,7 @@ class FeatureNormMonitor(_HistoryCallback):
         self._active = False
         self._step = 0
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         for name, module in pl_module.named_modules():
             if isinstance(module, NORM_TYPES):
                 self._handles.append(module.register_forward_hook(self._hook(name)))
@@ -192,11 +192,10 @@ class FeatureNormMonitor(_HistoryCallback):
         _log_now(trainer, metrics, step)
         self._batch = []
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles = []
-        super().on_fit_end(trainer, pl_module)
 
     def plot(self, table: pd.DataFrame, path: Path) -> None:
         layers = list(dict.fromkeys(table["layer"]))
@@ -281,7 +280,7 @@ class PenultimateGeometry(_HistoryCallback):
             raise ValueError(f"PenultimateGeometry layer {self.layer!r} is not a module of {type(pl_module).__name__}")
         return modules[self.layer]
 
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         self._handle = self._classifier(pl_module).register_forward_pre_hook(self._record)
 
     def _record(self, module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
@@ -312,11 +311,10 @@ class PenultimateGeometry(_HistoryCallback):
         pl_module.log_dict({f"geometry/{k}": v for k, v in geometry.items()}, on_epoch=True)
         self._features, self._labels = [], []
 
-    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if self._handle is not None:
             self._handle.remove()
             self._handle = None
-        super().on_fit_end(trainer, pl_module)
 
     def plot(self, table: pd.DataFrame, path: Path) -> None:
         figure, axes = plt.subplots(1, 3, figsize=(12, 3.6))

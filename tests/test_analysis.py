@@ -27,6 +27,8 @@ from l2bn_lit.analysis import (
 from l2bn_lit.cli import main
 from models import ImageClassifier
 
+from distributed import run_distributed
+
 
 def test_coefficient_of_variation_by_hand():
     x = torch.tensor([[3.0, 4.0], [6.0, 8.0], [0.0, 5.0]])  # norms 5, 10, 5
@@ -147,3 +149,30 @@ def test_geometry_needs_a_known_classifier_layer():
     with pytest.raises(ValueError, match="'network.nope' is not a module"):
         PenultimateGeometry(layer="network.nope")._classifier(model)
     assert PenultimateGeometry(layer="network.fc")._classifier(model) is model.network.fc
+
+
+def _geometry_run(x: torch.Tensor, y: torch.Tensor, **trainer_options) -> list[dict]:
+    torch.manual_seed(0)
+    model = ImageClassifier(3, [1, 8, 8], arch="small_cnn")
+    geometry = PenultimateGeometry()
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
+                         callbacks=[geometry], **trainer_options)
+    trainer.validate(model, DataLoader(TensorDataset(x, y), batch_size=4))
+    return geometry.history
+
+
+def _geometry_worker(rank: int, world_size: int, x: torch.Tensor, y: torch.Tensor) -> list[dict]:
+    import os
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="0", WORLD_SIZE=str(world_size), RANK=str(rank),
+                      LOCAL_RANK=str(rank), NODE_RANK="0")
+    return _geometry_run(x, y, strategy="ddp", devices=world_size)
+
+
+def test_geometry_under_ddp_gathers_every_process_share():
+    """2 processes x 12 validation samples give the geometry of all 24 in one process."""
+    gen = torch.Generator().manual_seed(3)
+    x, y = torch.randn(24, 1, 8, 8, generator=gen), torch.arange(24) % 3
+    single = _geometry_run(x, y, devices=1)
+    for history in run_distributed(_geometry_worker, 2, x, y, timeout=240):
+        assert history[0] == pytest.approx(single[0], rel=1e-5)
