@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 
 import numpy as np
 import pandas as pd
@@ -11,21 +10,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from datamodules import TAUScenesDataModule, read_file_list, write_synthetic_tau
+from datamodules import TAUScenesDataModule, read_file_list
 from datamodules.tau_layout import SYNTHETIC_SCENES, device_of
 
-RATE, DURATION = 16000, 1.0
-
-
-@pytest.fixture(scope="module")
-def synthetic_root(tmp_path_factory):
-    return write_synthetic_tau(tmp_path_factory.mktemp("tau") / "data", sample_rate=RATE, duration=DURATION)
-
-
-@pytest.fixture
-def root(synthetic_root, tmp_path):
-    """A private copy to damage."""
-    return shutil.copytree(synthetic_root, tmp_path / "data")
+from conftest import TAU_DURATION as DURATION
+from conftest import TAU_RATE as RATE
 
 
 def _data(root, **options) -> TAUScenesDataModule:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import shutil
 
 import numpy as np
 import pytest
@@ -11,21 +10,12 @@ import pytorch_lightning as pl
 import soundfile as sf
 import torch
 
-from datamodules import TAUScenesDataModule, write_synthetic_tau
+from datamodules import TAUScenesDataModule
 from datamodules.feature_cache import build_feature_cache
 from models import AudioSceneClassifier
 
-RATE, DURATION = 16000, 1.0
-
-
-@pytest.fixture(scope="module")
-def synthetic_root(tmp_path_factory):
-    return write_synthetic_tau(tmp_path_factory.mktemp("tau") / "data", sample_rate=RATE, duration=DURATION)
-
-
-@pytest.fixture
-def root(synthetic_root, tmp_path):
-    return shutil.copytree(synthetic_root, tmp_path / "data")
+from conftest import TAU_DURATION as DURATION
+from conftest import TAU_RATE as RATE
 
 
 def _data(root, cache) -> TAUScenesDataModule:
