@@ -15,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-__all__ = ["collect_runs", "summarize"]
+__all__ = ["collect_runs", "summary_table"]
 
 
 def collect_runs(folder: str | Path, metrics: str | Sequence[str] = "test/acc") -> pd.DataFrame:
@@ -43,10 +43,18 @@ def collect_runs(folder: str | Path, metrics: str | Sequence[str] = "test/acc") 
     return pd.DataFrame(rows)
 
 
-def summarize(runs: pd.DataFrame, metric: str = "test/acc") -> pd.DataFrame:
-    """Mean, sample standard deviation, and count of ``metric`` per norm."""
-    table = runs.groupby("norm")[metric].agg(["mean", "std", "count"]).reset_index()
-    return table.rename(columns={"mean": f"{metric} mean", "std": f"{metric} std", "count": "runs"})
+def summary_table(runs: pd.DataFrame, metrics: str | Sequence[str] = "test/acc", norms: Sequence[str] | None = None) -> pd.DataFrame:
+    """Mean, sample standard deviation and number of runs of each metric per norm (in ``norms``
+    order; by default every norm of ``runs``, sorted)."""
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    rows = []
+    for norm in norms or sorted(runs["norm"].unique()):
+        group = runs[runs["norm"] == norm]
+        row = {"norm": norm, "runs": len(group)}
+        for metric in metrics:
+            row[f"{metric} mean"], row[f"{metric} std"] = group[metric].mean(), group[metric].std()
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def main() -> None:
@@ -58,7 +66,7 @@ def main() -> None:
     runs = collect_runs(args.folder, args.metric)
     print(runs.drop(columns="run").to_markdown(index=False))
     print()
-    print(summarize(runs, args.metric).to_markdown(index=False, floatfmt=".4f"))
+    print(summary_table(runs, args.metric).to_markdown(index=False, floatfmt=".4f"))
     if args.csv:
         runs.to_csv(args.csv, index=False)
 

@@ -31,9 +31,9 @@ import torch
 from scipy import stats
 
 from .analysis import CALLBACKS, compare_runs
-from .results import collect_runs
+from .results import collect_runs, summary_table
 
-__all__ = ["paired_differences", "run_command", "summary_table", "main"]
+__all__ = ["paired_differences", "run_command", "main"]
 
 
 def run_command(config: str, norm: str, seed: int, out: Path, analysis: bool, extra: list[str]) -> list[str]:
@@ -46,18 +46,6 @@ def run_command(config: str, norm: str, seed: int, out: Path, analysis: bool, ex
     if analysis:
         command += [f"--trainer.callbacks+=l2bn_lit.analysis.{name}" for name in CALLBACKS]
     return command + extra
-
-
-def summary_table(runs: pd.DataFrame, metrics: list[str], norms: list[str]) -> pd.DataFrame:
-    """Mean, sample std and number of runs of each metric per norm, in ``norms`` order."""
-    rows = []
-    for norm in norms:
-        group = runs[runs["norm"] == norm]
-        row = {"norm": norm, "runs": len(group)}
-        for metric in metrics:
-            row[f"{metric} mean"], row[f"{metric} std"] = group[metric].mean(), group[metric].std()
-        rows.append(row)
-    return pd.DataFrame(rows)
 
 
 def paired_differences(runs: pd.DataFrame, metrics: list[str], norms: list[str], level: float = 0.95) -> pd.DataFrame:

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from l2bn_lit.results import collect_runs, summarize
+from l2bn_lit.results import collect_runs, summary_table
 
 
 def _run(folder, norm, seed, accuracy):
@@ -22,7 +22,7 @@ def test_collect_and_summarize_by_hand(tmp_path):
         _run(tmp_path / f"{norm}_{seed}", norm, seed, acc)
     runs = collect_runs(tmp_path)
     assert sorted(runs["test/acc"]) == [0.80, 0.84, 0.85, 0.87]
-    table = summarize(runs).set_index("norm")
+    table = summary_table(runs).set_index("norm")
     assert table.loc["bn", "test/acc mean"] == pytest.approx(0.82)
     assert table.loc["bn", "test/acc std"] == pytest.approx(0.0282842712)  # sqrt(((0.02)^2 * 2) / 1)
     assert table.loc["l2bn", "runs"] == 2

@@ -8,7 +8,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from l2bn_lit.sweep import main, paired_differences, summary_table
+from l2bn_lit.results import summary_table
+from l2bn_lit.sweep import main, paired_differences
 
 ROOT = Path(__file__).resolve().parents[1]
 T_975_2DF = 4.302653  # Student t quantile 0.975, 2 degrees of freedom (printed tables: 4.303)
