@@ -3,19 +3,30 @@
     python -m l2bn_lit.results RUNS_FOLDER [--metric test/acc] [--csv out.csv]
 
 A run is a folder holding ``config.yaml`` and ``metrics.csv`` (the CLI's CSV logger folder); its
-group is the norm (``model.init_args.norm``) and its seed ``seed_everything``, read from the config.
+group is the norm with its options (``model.init_args.norm`` and ``norm_options``, see
+:func:`norm_label`) and its seed ``seed_everything``, read from the config.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import yaml
 
-__all__ = ["collect_runs", "summary_table"]
+__all__ = ["collect_runs", "norm_label", "summary_table"]
+
+
+def norm_label(norm: str, options: dict[str, Any] | None = None) -> str:
+    """``norm``, or ``norm:key=value,...`` (sorted keys, JSON values) when it has options:
+    ``l2bn:rescale=true``. Runs are grouped by this label."""
+    if not options:
+        return norm
+    return f"{norm}:" + ",".join(f"{key}={json.dumps(value)}" for key, value in sorted(options.items()))
 
 
 def collect_runs(folder: str | Path, metrics: str | Sequence[str] = "test/acc") -> pd.DataFrame:
@@ -28,9 +39,10 @@ def collect_runs(folder: str | Path, metrics: str | Sequence[str] = "test/acc") 
             raise FileNotFoundError(f"run {config_path.parent} has a config.yaml but no metrics.csv")
         logged = pd.read_csv(metrics_path)
         config = yaml.safe_load(config_path.read_text())
+        init_args = config["model"]["init_args"]
         row = {
             "run": str(config_path.parent.relative_to(folder)),
-            "norm": config["model"]["init_args"]["norm"],
+            "norm": norm_label(init_args["norm"], init_args.get("norm_options")),
             "seed": config.get("seed_everything"),
         }
         for metric in metrics:

@@ -4,9 +4,10 @@
         [--out runs/sweep] [--metrics test/acc test/acc_macro] [--analysis] [--dry-run] [-- CLI OPTIONS]
 
 Each run is ``python -m l2bn_lit.cli fit --config ... --model.init_args.norm NORM --seed_everything
-SEED --test_after_fit true`` plus the options after ``--``, run one after another in a fresh process
+SEED --test_after_fit true`` plus the options after ``--`` (a norm given as ``l2bn:rescale=true``
+also passes ``--model.init_args.norm_options '{"rescale": true}'``), run one after another in a fresh process
 (``--dry-run`` prints the commands, for a cluster's job array). Run folders are
-``OUT/<norm>/seed<seed>``; a run whose test metrics are already there is not run again, so an
+``OUT/<norm>/seed<seed>`` (``OUT/l2bn-rescale=true/seed0``); a run whose test metrics are already there is not run again, so an
 interrupted sweep resumes. ``--analysis`` adds the :mod:`l2bn_lit.analysis` callbacks to every run
 and draws their curves per norm (mean over seeds) into ``OUT/compare_*.png``.
 
@@ -20,29 +21,58 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import torch
+import yaml
 from scipy import stats
 
 from .analysis import CALLBACKS, compare_runs
-from .results import collect_runs, summary_table
+from .results import collect_runs, norm_label, summary_table
 
-__all__ = ["paired_differences", "run_command", "main"]
+__all__ = ["paired_differences", "parse_arm", "run_command", "main"]
 
 
-def run_command(config: str, norm: str, seed: int, out: Path, analysis: bool, extra: list[str]) -> list[str]:
-    """The CLI command of one run of the sweep."""
-    logger = {"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": str(out), "name": norm, "version": f"seed{seed}"}}
+def parse_arm(arm: str) -> tuple[str, dict[str, Any]]:
+    """``"l2bn"`` -> ``("l2bn", {})``; ``"l2bn:rescale=true,eps=1e-3"`` -> the norm and its options
+    (values read as JSON, else YAML)."""
+    norm, _, options = arm.partition(":")
+    parsed = {}
+    for item in filter(None, options.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--norms {arm!r}: options are key=value pairs separated by commas, e.g. l2bn:rescale=true")
+        try:
+            parsed[key] = json.loads(value)  # 1e-3 is a number here (YAML 1.1 would read a string)
+        except ValueError:
+            parsed[key] = yaml.safe_load(value)  # True, yes, bare strings
+    return norm, parsed
+
+
+def run_folder_name(arm: str) -> str:
+    """The arm's folder under the sweep folder (``:`` is not portable in file names)."""
+    norm, options = parse_arm(arm)
+    return norm_label(norm, options).replace(":", "-").replace('"', "")
+
+
+def run_command(config: str, arm: str, seed: int, out: Path, analysis: bool, extra: list[str]) -> list[str]:
+    """The CLI command of one run of the sweep: ``arm`` is a norm, optionally with options."""
+    norm, options = parse_arm(arm)
+    logger = {"class_path": "pytorch_lightning.loggers.CSVLogger",
+              "init_args": {"save_dir": str(out), "name": run_folder_name(arm), "version": f"seed{seed}"}}
     command = [
         sys.executable, "-m", "l2bn_lit.cli", "fit", "--config", config, "--model.init_args.norm", norm,
         "--seed_everything", str(seed), "--test_after_fit", "true", "--trainer.logger", json.dumps(logger),
     ]
+    if options:
+        command += ["--model.init_args.norm_options", json.dumps(options)]
     if analysis:
         command += [f"--trainer.callbacks+=l2bn_lit.analysis.{name}" for name in CALLBACKS]
     return command + extra
@@ -103,7 +133,8 @@ def _report(args: argparse.Namespace, runs: pd.DataFrame) -> str:
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
-    parser.add_argument("--norms", nargs="+", default=["bn", "l2bn"], help="the first is the baseline of the paired differences")
+    parser.add_argument("--norms", nargs="+", default=["bn", "l2bn"],
+                        help="norms, each optionally with options (l2bn:rescale=true); the first is the baseline of the paired differences")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", help="sweep folder (default runs/sweep_<config name>)")
     parser.add_argument("--metrics", nargs="+", default=["test/acc", "test/acc_macro"])
@@ -115,19 +146,20 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if not Path(args.config).is_file():
         parser.error(f"--config {args.config} does not exist")
     out = Path(args.out or f"runs/sweep_{Path(args.config).stem}")
+    args.norms = [norm_label(*parse_arm(arm)) for arm in args.norms]  # one spelling per arm
     for norm in args.norms:
         for seed in args.seeds:
-            run = out / norm / f"seed{seed}"
+            run = out / run_folder_name(norm) / f"seed{seed}"
             command = run_command(args.config, norm, seed, out, args.analysis, args.cli)
             if args.dry_run:
-                print(subprocess.list2cmdline(command))
+                print(shlex.join(command))
                 continue
             if _finished(run, args.metrics):
                 print(f"[sweep] {norm} seed {seed}: done before, kept ({run})")
                 continue
             if run.exists():  # an interrupted run: start it again from scratch
                 shutil.rmtree(run)
-            log_path = out / "logs" / f"{norm}-seed{seed}.log"
+            log_path = out / "logs" / f"{run_folder_name(norm)}-seed{seed}.log"
             log_path.parent.mkdir(parents=True, exist_ok=True)
             start = time.perf_counter()
             with log_path.open("w") as log:
@@ -138,12 +170,14 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if args.dry_run:
         return pd.DataFrame()
     runs = collect_runs(out, args.metrics)
-    runs = runs[runs["norm"].isin(args.norms) & runs["seed"].isin(args.seeds)].sort_values(["norm", "seed"])
+    arms = {run_folder_name(norm): norm for norm in args.norms}  # by folder: a config's own norm_options stay out of the label
+    runs["norm"] = [arms.get(Path(run).parts[0]) for run in runs["run"]]
+    runs = runs[runs["norm"].notna() & runs["seed"].isin(args.seeds)].sort_values(["norm", "seed"])
     runs.to_csv(out / "sweep.csv", index=False)
     report = _report(args, runs)
     (out / "sweep.md").write_text(report)
     if args.analysis:
-        compare_runs({norm: sorted((out / norm).glob("seed*")) for norm in args.norms}, out)
+        compare_runs({norm: sorted((out / run_folder_name(norm)).glob("seed*")) for norm in args.norms}, out)
     print(report)
     return runs
 

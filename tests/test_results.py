@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from l2bn_lit.results import collect_runs, summary_table
+from l2bn_lit.results import collect_runs, norm_label, summary_table
 
 
 def _run(folder, norm, seed, accuracy):
@@ -34,3 +34,8 @@ def test_untested_run_is_an_error_naming_it(tmp_path):
         collect_runs(tmp_path)
     with pytest.raises(FileNotFoundError, match="no runs"):
         collect_runs(tmp_path / "empty")
+
+
+def test_norm_options_make_their_own_group():
+    assert norm_label("bn") == norm_label("bn", {}) == "bn"
+    assert norm_label("l2bn", {"rescale": True, "eps": 0.001}) == "l2bn:eps=0.001,rescale=true"

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
+import shlex
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from l2bn_lit.results import summary_table
-from l2bn_lit.sweep import main, paired_differences
+from l2bn_lit.sweep import main, paired_differences, parse_arm
 
 ROOT = Path(__file__).resolve().parents[1]
 T_975_2DF = 4.302653  # Student t quantile 0.975, 2 degrees of freedom (printed tables: 4.303)
@@ -70,6 +72,20 @@ def test_tiny_sweep_runs_every_combination_collects_and_resumes(tmp_path, capsys
     main([*argv[:10], "--dry-run", *argv[10:]])
     commands = [line for line in capsys.readouterr().out.splitlines() if "l2bn_lit.cli fit" in line]
     assert len(commands) == 4 and all("--trainer.max_epochs 1" in c for c in commands)
+
+
+def test_a_norm_with_options_is_its_own_arm(tmp_path, capsys):
+    assert parse_arm("l2bn:rescale=true,eps=1e-3") == ("l2bn", {"rescale": True, "eps": 1e-3})
+    with pytest.raises(ValueError, match="key=value pairs"):
+        parse_arm("l2bn:rescale")
+    config = str(ROOT / "configs" / "quickstart.yaml")
+    main(["--config", config, "--norms", "bn", "l2bn:rescale=True", "--seeds", "0", "--out", str(tmp_path), "--dry-run"])
+    bn, rescaled = capsys.readouterr().out.splitlines()
+    bn, rescaled = shlex.split(bn), shlex.split(rescaled)  # POSIX shell lines, for job scripts
+    assert "--model.init_args.norm_options" not in bn
+    assert rescaled[rescaled.index("--model.init_args.norm") + 1] == "l2bn"
+    assert json.loads(rescaled[rescaled.index("--model.init_args.norm_options") + 1]) == {"rescale": True}
+    assert "l2bn-rescale=true" in " ".join(rescaled)  # its run folder
 
 
 def test_missing_config_is_named(tmp_path):
