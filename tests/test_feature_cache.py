@@ -11,7 +11,7 @@ import soundfile as sf
 import torch
 
 from datamodules import TAUScenesDataModule
-from datamodules.feature_cache import build_feature_cache
+from datamodules.feature_cache import CachedFeatureDataset, build_feature_cache
 from models import AudioSceneClassifier
 
 from conftest import TAU_DURATION as DURATION
@@ -115,3 +115,16 @@ def test_building_the_cache_leaves_the_global_rng_alone(synthetic_root, tmp_path
     state = torch.get_rng_state()
     build_feature_cache(tmp_path / "x.npy", data.test_set, frontend, {}, batch_size=4)
     assert torch.equal(torch.get_rng_state(), state)  # so building and reusing runs train alike
+
+
+def test_cached_dataset_goes_to_workers_without_its_data(synthetic_root, tmp_path):
+    import pickle
+
+    data = _data(synthetic_root, None)
+    data.setup()
+    build_feature_cache(tmp_path / "x.npy", data.test_set, _model(data).frontend, {}, batch_size=4)
+    dataset = CachedFeatureDataset(tmp_path / "x.npy", data.test_set.files, data.test_set.labels)
+    first = dataset[0]
+    copy = pickle.loads(pickle.dumps(dataset))
+    assert len(pickle.dumps(dataset)) < 0.1 * (tmp_path / "x.npy").stat().st_size  # the file is mapped again, not copied
+    assert torch.equal(copy[0][0], first[0]) and copy[0][1] == first[1]
