@@ -28,6 +28,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
@@ -45,6 +46,7 @@ __all__ = [
     "PenultimateGeometry",
     "classifier_of",
     "coefficient_of_variation",
+    "analysis_summary",
     "compare_runs",
     "feature_geometry",
 ]
@@ -348,6 +350,39 @@ def _mean_band(axis: plt.Axes, table: pd.DataFrame, x: str, value: str, label: s
     per_run = table.groupby(["run", x])[value].mean().unstack(0)
     line = axis.plot(per_run.index, per_run.mean(1), marker="o", markersize=3, label=f"{label} ({per_run.shape[1]} runs)")[0]
     axis.fill_between(per_run.index, per_run.min(1), per_run.max(1), color=line.get_color(), alpha=0.2)
+
+
+def analysis_summary(runs_by_norm: dict[str, list[Path]]) -> pd.DataFrame:
+    """One row per norm: each analysis measure per run, then mean and sample std over the runs.
+
+    Per run: ``cv_in``/``cv_out``, the feature-norm spread averaged over layers and recorded steps;
+    ``intra_cos``, ``inter_angle``, ``scatter_ratio`` at the last recorded epoch; ``grad_log_std``,
+    the step-to-step standard deviation of log10 of each layer's gradient norm over the second half
+    of the recorded steps, averaged over layers (lower: a steadier gradient scale).
+    """
+    rows = []
+    for norm, runs in runs_by_norm.items():
+        per_run = []
+        for run in runs:
+            values: dict[str, float] = {}
+            if (run / "feature_norms.csv").is_file():
+                norms = pd.read_csv(run / "feature_norms.csv")
+                values.update(cv_in=norms["cv_in"].mean(), cv_out=norms["cv_out"].mean())
+            if (run / "geometry.csv").is_file():
+                geometry = pd.read_csv(run / "geometry.csv")
+                values.update(geometry.loc[geometry["epoch"].idxmax(), ["intra_cos", "inter_angle", "scatter_ratio"]].to_dict())
+            if (run / "grad_norms.csv").is_file():
+                grads = pd.read_csv(run / "grad_norms.csv")
+                steps = sorted(grads["step"].unique())
+                late = grads[grads["step"].isin(steps[len(steps) // 2 :])]
+                values["grad_log_std"] = late.assign(log=np.log10(late["grad_norm"])).groupby("layer")["log"].std().mean()
+            per_run.append(values)
+        table = pd.DataFrame(per_run)
+        row: dict[str, Any] = {"norm": norm, "runs": len(table)}
+        for column in table:
+            row[f"{column} mean"], row[f"{column} std"] = table[column].mean(), table[column].std()
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def compare_runs(runs_by_norm: dict[str, list[Path]], out: Path) -> list[Path]:

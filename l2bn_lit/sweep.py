@@ -34,7 +34,7 @@ import torch
 import yaml
 from scipy import stats
 
-from .analysis import CALLBACKS, compare_runs
+from .analysis import CALLBACKS, analysis_summary, compare_runs
 from .results import collect_runs, norm_label, summary_table
 
 __all__ = ["paired_differences", "parse_arm", "run_command", "main"]
@@ -102,7 +102,16 @@ def _finished(run: Path, metrics: list[str]) -> bool:
     return all(m in logged and logged[m].notna().any() for m in metrics)
 
 
-def _report(args: argparse.Namespace, runs: pd.DataFrame) -> str:
+def _measures_by_norm(summary: pd.DataFrame) -> pd.DataFrame:
+    """The analysis summary turned into one row per measure and a ``mean +- std`` column per norm."""
+    measures = [c[: -len(" mean")] for c in summary.columns if c.endswith(" mean")]
+    return pd.DataFrame(
+        {row["norm"]: [f"{row[f'{m} mean']:.4f} +- {row[f'{m} std']:.4f}" for m in measures] for _, row in summary.iterrows()},
+        index=pd.Index(measures, name="measure"),
+    )
+
+
+def _report(args: argparse.Namespace, runs: pd.DataFrame, analysis: pd.DataFrame | None) -> str:
     summary = summary_table(runs, args.metrics, args.norms)
     pairs = paired_differences(runs, args.metrics, args.norms)
     lines = [
@@ -122,6 +131,8 @@ def _report(args: argparse.Namespace, runs: pd.DataFrame) -> str:
         "",
         pairs.to_markdown(index=False, floatfmt=".4f") if len(pairs) else "(one norm: nothing to compare)",
         "",
+        *(["## Analysis: mean +- std over seeds (l2bn_lit.analysis.analysis_summary)", "",
+            _measures_by_norm(analysis).to_markdown(), ""] if analysis is not None else []),
         "## Runs",
         "",
         runs.to_markdown(index=False, floatfmt=".4f"),
@@ -174,10 +185,11 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     runs["norm"] = [arms.get(Path(run).parts[0]) for run in runs["run"]]
     runs = runs[runs["norm"].notna() & runs["seed"].isin(args.seeds)].sort_values(["norm", "seed"])
     runs.to_csv(out / "sweep.csv", index=False)
-    report = _report(args, runs)
+    folders = {norm: [out / run_folder_name(norm) / f"seed{seed}" for seed in args.seeds] for norm in args.norms}
+    report = _report(args, runs, analysis_summary(folders) if args.analysis else None)
     (out / "sweep.md").write_text(report)
     if args.analysis:
-        compare_runs({norm: sorted((out / run_folder_name(norm)).glob("seed*")) for norm in args.norms}, out)
+        compare_runs(folders, out)
     print(report)
     return runs
 

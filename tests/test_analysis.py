@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from l2bn_lit.analysis import (
     NORM_TYPES,
+    analysis_summary,
     FeatureNormMonitor,
     GradientNormMonitor,
     PenultimateGeometry,
@@ -176,3 +177,26 @@ def test_geometry_under_ddp_gathers_every_process_share():
     single = _geometry_run(x, y, devices=1)
     for history in run_distributed(_geometry_worker, 2, x, y, timeout=240):
         assert history[0] == pytest.approx(single[0], rel=1e-5)
+
+
+def test_analysis_summary_by_hand(tmp_path):
+    def run(name, cv_in, inter_angle, late_grads):
+        folder = tmp_path / name
+        folder.mkdir()
+        pd.DataFrame({"step": [0, 0, 50, 50], "layer": ["a", "b"] * 2, "cv_in": cv_in, "cv_out": [0.05] * 4}).to_csv(
+            folder / "feature_norms.csv", index=False)
+        pd.DataFrame({"epoch": [1, 0], "step": [20, 10], "intra_cos": [0.9, 0.5], "inter_angle": [inter_angle, 1.0],
+                      "scatter_ratio": [1.0, 9.0]}).to_csv(folder / "geometry.csv", index=False)
+        steps, layers = [0, 0, 50, 50, 100, 100, 150, 150], ["a", "b"] * 4
+        pd.DataFrame({"step": steps, "layer": layers, "grad_norm": [99.0, 99.0, 99.0, 99.0, *late_grads]}).to_csv(
+            folder / "grad_norms.csv", index=False)
+        return folder
+
+    first = run("s0", [0.1, 0.3, 0.1, 0.3], 30.0, [1.0, 2.0, 10.0, 2.0])  # late log10: a 0, 1 (std 0.7071); b 0 -> 0.3536
+    second = run("s1", [0.4, 0.4, 0.4, 0.4], 50.0, [1.0, 1.0, 1.0, 1.0])  # steady: 0
+    (row,) = analysis_summary({"l2bn": [first, second]}).to_dict("records")
+    assert row["runs"] == 2
+    assert row["cv_in mean"] == pytest.approx(0.3) and row["cv_in std"] == pytest.approx(statistics.stdev([0.2, 0.4]))
+    assert row["cv_out mean"] == pytest.approx(0.05)
+    assert row["inter_angle mean"] == pytest.approx(40.0) and row["intra_cos mean"] == pytest.approx(0.9)  # last epoch only
+    assert row["grad_log_std mean"] == pytest.approx(statistics.stdev([0, 1]) / 4)
