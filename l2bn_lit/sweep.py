@@ -111,15 +111,20 @@ def _measures_by_norm(summary: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def _sweep_command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this sweep (shell-quoted; ``--out`` left to the reader)."""
+    argv = ["python", "-m", "l2bn_lit.sweep", "--config", args.config, "--norms", *args.norms, "--seeds", *map(str, args.seeds)]
+    argv += ["--analysis"] if args.analysis else []
+    return shlex.join(argv + (["--", *args.cli] if args.cli else []))
+
+
 def _report(args: argparse.Namespace, runs: pd.DataFrame, analysis: pd.DataFrame | None) -> str:
     summary = summary_table(runs, args.metrics, args.norms)
     pairs = paired_differences(runs, args.metrics, args.norms)
     lines = [
         f"# Sweep: {args.config}",
         "",
-        f"Command: `python -m l2bn_lit.sweep --config {args.config} --norms {' '.join(args.norms)} --seeds "
-        f"{' '.join(map(str, args.seeds))}{' --analysis' if args.analysis else ''}"
-        f"{' -- ' + ' '.join(args.cli) if args.cli else ''}`",
+        f"Command: `{_sweep_command(args)}`",
         f"Machine: torch {torch.__version__}, {'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}, "
         f"{torch.get_num_threads()} threads.",
         "",
