@@ -21,6 +21,7 @@ or on the command line: ``--trainer.callbacks+=l2bn_lit.analysis.FeatureNormMoni
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -308,6 +309,10 @@ class PenultimateGeometry(_HistoryCallback):
         if trainer.world_size > 1:  # the same number of batches on every process (DistributedSampler)
             features = pl_module.all_gather(features).flatten(0, 1)
             labels = pl_module.all_gather(labels).flatten(0, 1)
+        if len(labels.unique()) < 2:  # e.g. a tiny limit_val_batches: say so rather than stop the run
+            warnings.warn(f"PenultimateGeometry: the validation samples of epoch {trainer.current_epoch} hold one class only; "
+                          "no geometry this epoch", stacklevel=2)
+            return
         geometry = feature_geometry(features.cpu(), labels.cpu())
         self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **geometry})
         pl_module.log_dict({f"geometry/{k}": v for k, v in geometry.items()}, on_epoch=True)

@@ -200,3 +200,9 @@ def test_analysis_summary_by_hand(tmp_path):
     assert row["cv_out mean"] == pytest.approx(0.05)
     assert row["inter_angle mean"] == pytest.approx(40.0) and row["intra_cos mean"] == pytest.approx(0.9)  # last epoch only
     assert row["grad_log_std mean"] == pytest.approx(statistics.stdev([0, 1]) / 4)
+
+
+def test_geometry_of_a_one_class_validation_set_warns_instead_of_stopping_the_run():
+    x, y = torch.randn(8, 1, 8, 8), torch.zeros(8, dtype=torch.long)
+    with pytest.warns(UserWarning, match="one class only"):
+        assert _geometry_run(x, y, devices=1) == []
