@@ -26,18 +26,17 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from pytorch_lightning.utilities import grad_norm
+from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _NormBase
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import pytorch_lightning as pl  # noqa: E402
-import torch  # noqa: E402
-from pytorch_lightning.utilities import grad_norm  # noqa: E402
-from torch import Tensor, nn  # noqa: E402
-from torch.nn.modules.batchnorm import _NormBase  # noqa: E402
-
-from .module import run_folder  # noqa: E402
+from .module import run_folder
 
 __all__ = [
     "CALLBACKS",
@@ -58,8 +57,7 @@ NORM_TYPES = (_NormBase, nn.GroupNorm, nn.LayerNorm)
 
 def coefficient_of_variation(x: Tensor) -> float:
     """std / mean (sample std) of the per-sample l2 norms of ``x`` ``(N, ...)``, in float64."""
-    norms = x.detach().flatten(1).double().norm(dim=1)
-    return float(norms.std() / norms.mean())
+    return float(_norm_cv(x, torch.float64))
 
 
 def feature_geometry(features: Tensor, labels: Tensor) -> dict[str, float]:
@@ -134,9 +132,9 @@ def _log_now(trainer: pl.Trainer, metrics: dict[str, float], step: int) -> None:
         logger.log_metrics(metrics, step=step)
 
 
-def _by_depth(axis: plt.Axes, table: pd.DataFrame, value: str, layers: list[str]) -> None:
+def _by_depth(axis: Axes, table: pd.DataFrame, value: str, layers: list[str]) -> None:
     """One line per layer over steps, coloured from the first layer (dark) to the last (light)."""
-    colours = plt.cm.viridis([i / max(1, len(layers) - 1) for i in range(len(layers))])
+    colours = matplotlib.colormaps["viridis"]([i / max(1, len(layers) - 1) for i in range(len(layers))])
     for layer, colour in zip(layers, colours):
         rows = table[table["layer"] == layer]
         axis.plot(rows["step"], rows[value], color=colour, linewidth=0.8, marker=".", markersize=2)
@@ -202,19 +200,18 @@ class FeatureNormMonitor(_HistoryCallback):
 
     def plot(self, table: pd.DataFrame, path: Path) -> None:
         layers = list(dict.fromkeys(table["layer"]))
-        figure, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+        figure = Figure(figsize=(11, 4))
+        axes = figure.subplots(1, 2, sharey=True)
         for axis, value, where in zip(axes, ("cv_in", "cv_out"), ("input", "output")):
             _by_depth(axis, table, value, layers)
             axis.set_title(f"per-sample l2 norm spread at the norm layers' {where}")
         axes[0].set_ylabel("coefficient of variation (std / mean)")
-        figure.tight_layout()
-        figure.savefig(path, dpi=120)
-        plt.close(figure)
+        _save(figure, path)
 
 
-def _norm_cv(x: Tensor) -> Tensor:
-    """Like :func:`coefficient_of_variation`, as a tensor on ``x``'s device (no synchronization)."""
-    norms = x.detach().flatten(1).float().norm(dim=1)
+def _norm_cv(x: Tensor, dtype: torch.dtype = torch.float32) -> Tensor:
+    """:func:`coefficient_of_variation` as a tensor on ``x``'s device (no synchronization)."""
+    norms = x.detach().flatten(1).to(dtype).norm(dim=1)
     return norms.std() / norms.mean()
 
 
@@ -243,14 +240,13 @@ class GradientNormMonitor(_HistoryCallback):
 
     def plot(self, table: pd.DataFrame, path: Path) -> None:
         layers = list(dict.fromkeys(table["layer"]))
-        figure, axis = plt.subplots(figsize=(6, 4))
+        figure = Figure(figsize=(6, 4))
+        axis = figure.subplots()
         _by_depth(axis, table, "grad_norm", layers)
         axis.set_yscale("log")
         axis.set_ylabel("weight-gradient l2 norm")
         axis.set_title("gradient scale per layer")
-        figure.tight_layout()
-        figure.savefig(path, dpi=120)
-        plt.close(figure)
+        _save(figure, path)
 
 
 class PenultimateGeometry(_HistoryCallback):
@@ -324,7 +320,8 @@ class PenultimateGeometry(_HistoryCallback):
             self._handle = None
 
     def plot(self, table: pd.DataFrame, path: Path) -> None:
-        figure, axes = plt.subplots(1, 3, figsize=(12, 3.6))
+        figure = Figure(figsize=(12, 3.6))
+        axes = figure.subplots(1, 3)
         titles = {
             "intra_cos": "intra-class compactness\n(mean cosine to class centroid)",
             "inter_angle": "inter-class discrepancy\n(mean angle between centroids, deg)",
@@ -334,9 +331,7 @@ class PenultimateGeometry(_HistoryCallback):
             axis.plot(table["epoch"], table[key], marker="o")
             axis.set_title(title)
             axis.set_xlabel("epoch")
-        figure.tight_layout()
-        figure.savefig(path, dpi=120)
-        plt.close(figure)
+        _save(figure, path)
 
 
 
@@ -350,7 +345,7 @@ def _history(runs: list[Path], name: str) -> pd.DataFrame | None:
     return pd.concat(tables, ignore_index=True) if tables else None
 
 
-def _mean_band(axis: plt.Axes, table: pd.DataFrame, x: str, value: str, label: str) -> None:
+def _mean_band(axis: Axes, table: pd.DataFrame, x: str, value: str, label: str) -> None:
     """Mean over runs of ``value`` against ``x``, with the min-max band of the runs."""
     per_run = table.groupby(["run", x])[value].mean().unstack(0)
     line = axis.plot(per_run.index, per_run.mean(1), marker="o", markersize=3, label=f"{label} ({per_run.shape[1]} runs)")[0]
@@ -398,7 +393,8 @@ def compare_runs(runs_by_norm: dict[str, list[Path]], out: Path) -> list[Path]:
     written = []
     geometry = {norm: t for norm, t in histories["geometry"].items() if t is not None}
     if geometry:
-        figure, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+        figure = Figure(figsize=(13, 3.8))
+        axes = figure.subplots(1, 3)
         titles = {"intra_cos": "intra-class compactness (cosine to centroid)", "inter_angle": "inter-class angle (deg)",
                   "scatter_ratio": "within / between scatter"}
         for axis, (key, title) in zip(axes, titles.items()):
@@ -410,7 +406,8 @@ def compare_runs(runs_by_norm: dict[str, list[Path]], out: Path) -> list[Path]:
         written.append(_save(figure, out / "compare_geometry.png"))
     norms = {norm: t for norm, t in histories["feature_norms"].items() if t is not None}
     if norms:
-        figure, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True)
+        figure = Figure(figsize=(11, 3.8))
+        axes = figure.subplots(1, 2, sharey=True)
         for axis, (key, where) in zip(axes, (("cv_in", "input"), ("cv_out", "output"))):
             for norm, table in norms.items():
                 _mean_band(axis, table, "step", key, norm)
@@ -420,7 +417,8 @@ def compare_runs(runs_by_norm: dict[str, list[Path]], out: Path) -> list[Path]:
         written.append(_save(figure, out / "compare_feature_norms.png"))
     grads = {norm: t for norm, t in histories["grad_norms"].items() if t is not None}
     if grads:
-        figure, axes = plt.subplots(1, len(grads), figsize=(5.5 * len(grads), 3.8), sharey=True, squeeze=False)
+        figure = Figure(figsize=(5.5 * len(grads), 3.8))
+        axes = figure.subplots(1, len(grads), sharey=True, squeeze=False)
         for axis, (norm, table) in zip(axes[0], grads.items()):
             mean = table.groupby(["step", "layer"], sort=False)["grad_norm"].mean().reset_index()
             _by_depth(axis, mean, "grad_norm", list(dict.fromkeys(table["layer"])))
@@ -431,8 +429,8 @@ def compare_runs(runs_by_norm: dict[str, list[Path]], out: Path) -> list[Path]:
     return written
 
 
-def _save(figure: plt.Figure, path: Path) -> Path:
+def _save(figure: Figure, path: Path) -> Path:
+    """Writes ``figure`` as a PNG (matplotlib's object API: no pyplot state, no backend switch)."""
     figure.tight_layout()
     figure.savefig(path, dpi=110)
-    plt.close(figure)
     return path
