@@ -118,6 +118,7 @@ class TAUScenesDataModule(ClassificationDataModule):
         self.train_list, self.test_list, self.predict_list = train_list, test_list, predict_list
         self.val_by, self.short_clips = val_by, short_clips
         self.feature_cache = feature_cache
+        self._lists: dict[str, AudioClipDataset] = {}
         self.train_table = read_file_list(root, train_list, need_labels=True)
         self.class_names = sorted(self.train_table["scene_label"].unique())
         self.num_classes = len(self.class_names)
@@ -178,11 +179,16 @@ class TAUScenesDataModule(ClassificationDataModule):
         return AudioClipDataset(Path(self.root), table, labels, self.sample_rate, self.samples, random_crop=False)
 
     def _list(self, list_path: str) -> AudioClipDataset:
-        """The clips of a file list (the training list, the test list or the predict list)."""
-        if list_path == self.train_list:
-            return self._dataset(self.train_table, list_path, labeled=True)
-        labeled = list_path != self.predict_list
-        return self._dataset(read_file_list(self.root, list_path, need_labels=labeled), list_path, labeled)
+        """The clips of a file list (the training list, the test list or the predict list), read and
+        header-checked once per list (``prepare_data`` and ``setup`` both need them)."""
+        if list_path not in self._lists:
+            if list_path == self.train_list:
+                self._lists[list_path] = self._dataset(self.train_table, list_path, labeled=True)
+            else:
+                labeled = list_path != self.predict_list
+                table = read_file_list(self.root, list_path, need_labels=labeled)
+                self._lists[list_path] = self._dataset(table, list_path, labeled)
+        return self._lists[list_path]
 
     def _frontend(self) -> tuple[nn.Module, dict[str, Any]]:
         """The attached model's log-mel front-end and the settings that key the cache."""
