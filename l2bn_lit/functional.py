@@ -15,9 +15,11 @@ per-(sample, channel) mean ``m[n, c]`` and centred sum of squares ``q[n, c]`` of
 * channel variance of ``xh`` (Chan's parallel formula, no cancellation):
   ``var[c] = mean_n(s[n]^2 * q[n, c] / S + (s[n] * m[n, c] - mu[c])^2)``.
 
-The training forward is a mean pass, a centring pass that writes ``x - m`` into the output
-buffer, a sum-of-squares pass over it and an in-place affine; the analytic backward is one fused
-reduction over ``(grad, x)`` (batch norm's own kernel) and an elementwise pass into one new buffer.
+The training forward makes batch norm's passes over ``x``: the per-(sample, channel) moments
+(one Welford pass on an accelerator; on the CPU a mean and a sum-of-squares read, as batch norm's
+CPU kernel also reads twice) and one centring affine pass that writes ``y``. The analytic backward is
+one fused reduction over ``(grad, x)`` (batch norm's own kernel) and the elementwise input gradient
+(a pass over ``x`` and one over ``(grad, grad_x)``; ``torch.compile`` fuses the two).
 Only ``x`` is kept for backward, as batch norm keeps it. The small ``(N, C)`` algebra runs in float32
 (float64 for float64 input) whatever the input dtype, so float16/bfloat16 inputs whose squared
 norms exceed their range (e.g. 65504 for float16) still give finite, float32-accurate statistics.
@@ -56,36 +58,72 @@ def _as_rows(t: Tensor) -> Tensor | None:
     return t.view(1, t.shape[0] * t.shape[1], -1)
 
 
-def _centre(x: Tensor, acc: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
-    """Centres each (sample, channel) of ``x`` over its spatial dims, two-pass (no cancellation
-    for large means).
+#: where ``m^2 > _ILL_CONDITIONED * v`` the one-pass variance ``E[x^2] - m^2`` would lose more than
+#: about 1e-6 of its value to float32 rounding: the centred two-pass variance is used instead
+_ILL_CONDITIONED = 16.0
 
-    Returns ``(xc, m, v)``: ``xc = x - m`` (a new tensor in ``x``'s dtype and memory format, which
-    the caller may overwrite), the mean ``m`` and biased variance ``v``, both ``(N, C)`` in ``acc``.
+
+def _moments(x: Tensor, acc: torch.dtype) -> tuple[Tensor, Tensor]:
+    """Per-(sample, channel) mean ``m`` and biased variance ``v`` of ``x`` over its spatial dims,
+    both ``(N, C)`` in ``acc``, reading ``x`` as few times as the device allows.
+
+    * float32/float64 on an accelerator or under ``torch.compile``: one Welford pass
+      (``torch.var_mean``, the algorithm of batch norm's CUDA statistics kernel);
+    * float32/float64 on the CPU, where ``var_mean``'s Welford kernel is about 30x slower than a
+      plain reduction: the mean and the sum of squares (two vectorized reads, nothing written), or
+      the exact centred variance wherever that one-pass formula would cancel (``m^2 > 16 v``);
+    * float16/bfloat16: mean and centred sum of squares accumulated in ``acc`` (their squares can
+      exceed the input type's range).
     """
     spatial = tuple(range(2, x.dim()))
-    size = x[0, 0].numel()
-    m = x.mean(spatial, dtype=acc) if spatial else x.to(acc)
-    xc = torch.sub(x, _expand(m, x).to(x.dtype))
     if not spatial:
-        return xc, m, torch.zeros_like(m)
-    if x.is_contiguous() or x.dtype in (torch.float16, torch.bfloat16):
-        # inner-dim reduction (fast), or a low-precision square that could overflow
-        sq = torch.linalg.vector_norm(xc, 2, dim=spatial, dtype=acc).square()
-    else:
-        # other layouts (channels_last): vector_norm's strided reduction is 4-15x slower
-        sq = (xc * xc).sum(spatial, dtype=acc)
-    return xc, m, sq / size
+        m = x.to(acc)
+        return m, torch.zeros_like(m)
+    size = x[0, 0].numel()
+    if x.dtype == acc and (x.device.type != "cpu" or torch.compiler.is_compiling()):
+        v, m = torch.var_mean(x, spatial, correction=0)
+        return m, v
+    m = x.mean(spatial, dtype=acc)
+    if x.dtype == acc:
+        # vector_norm is fast for an inner reduction; over the strided spatial dims of channels_last
+        # it is ~20x slower than squaring and summing
+        sum_sq = torch.linalg.vector_norm(x, 2, dim=spatial).square_() if x.is_contiguous() else (x * x).sum(spatial)
+        m_sq = m * m
+        v = sum_sq.div_(size).sub_(m_sq).clamp_min_(0.0)
+        if not (m_sq > _ILL_CONDITIONED * v).any():
+            return m, v
+    centred = torch.sub(x, _expand(m, x).to(x.dtype))
+    return m, torch.linalg.vector_norm(centred, 2, dim=spatial, dtype=acc).square_().div_(size)
 
 
-def _grad_sums(grad: Tensor, x: Tensor, xc: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
-    """Per-(sample, channel) ``sum(grad)`` and ``sum(grad * xc)`` with ``xc = x - m``, both
+def _affine(x: Tensor, m: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """``(x - m) * a + b`` per (sample, channel): one pass over ``x`` into a new tensor of its dtype
+    and memory format. ``m``, ``a``, ``b``: ``(N, C)`` in the accumulation dtype.
+
+    A contiguous ``x`` goes through batch norm's eval-mode kernel on the ``(1, N*C, S)`` view (unit
+    variance, ``eps = 0``), which centres before it scales, so a large mean cannot cancel. Other
+    layouts (channels_last) compute ``a * x + (b - a * m)`` in one ``addcmul``; low-precision inputs
+    there are centred explicitly first.
+    """
+    rows = _as_rows(x)
+    if rows is not None:
+        flat = [t.reshape(-1) for t in (a, b, m)]
+        y = torch.ops.aten.native_batch_norm(rows, *flat, torch.ones_like(flat[0]), False, 0.0, 0.0)[0]
+        return y.view_as(x)
+    if x.dtype == a.dtype:
+        return torch.addcmul(_expand(torch.addcmul(b, a, m, value=-1.0), x), x, _expand(a, x))
+    centred = torch.sub(x, _expand(m, x).to(x.dtype))
+    return centred.mul_(_expand(_to_finite(a, x.dtype), x)).add_(_expand(_to_finite(b, x.dtype), x))
+
+
+def _grad_sums(grad: Tensor, x: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-(sample, channel) ``sum(grad)`` and ``sum(grad * (x - m))`` over the spatial dims, both
     ``(N, C)`` in ``m``'s dtype."""
     n, c = x.shape[:2]
     if x.dim() == 2:
-        return grad.to(m.dtype), (grad * xc).to(m.dtype)
+        return grad.to(m.dtype), grad.to(m.dtype) * (x.to(m.dtype) - m)
     x_rows = _as_rows(x)
-    if x_rows is not None and m.dtype == torch.float32:
+    if x_rows is not None:
         # Batch norm's fused backward reduction on the (1, N*C, S) view: one pass over (grad, x).
         g_rows = grad.contiguous().view_as(x_rows)
         ones = torch.ones(n * c, dtype=m.dtype, device=x.device)
@@ -94,7 +132,10 @@ def _grad_sums(grad: Tensor, x: Tensor, xc: Tensor, m: Tensor) -> tuple[Tensor, 
         )
         return g_sum.view(n, c), g_xc.view(n, c)
     spatial = tuple(range(2, x.dim()))
-    return grad.sum(spatial, dtype=m.dtype), (grad * xc).sum(spatial, dtype=m.dtype)
+    g_sum = grad.sum(spatial, dtype=m.dtype)
+    if x.dtype == m.dtype:  # channels_last: sum(grad * x) - m * sum(grad)
+        return g_sum, (grad * x).sum(spatial).sub_(m * g_sum)
+    return g_sum, (grad * torch.sub(x, _expand(m, x).to(x.dtype))).sum(spatial, dtype=m.dtype)
 
 
 def _expand(t: Tensor, like: Tensor) -> Tensor:
@@ -148,7 +189,7 @@ class _L2BatchNormTrain(torch.autograd.Function):
         spatial = size // c
         acc = _accumulation_dtype(x.dtype)
 
-        y, m, v = _centre(x, acc)  # y = x - m for now; m, v: (N, C)
+        m, v = _moments(x, acc)  # (N, C)
         sq_norm = torch.addcmul(v, m, m).sum(1).mul_(spatial)  # ||x[n]||^2, (N,)
         # s[n] = k / max(||x[n]||, l2_eps); rsqrt(0) = inf is clamped as max() would
         k = math.sqrt(size) if rescale else 1.0
@@ -160,8 +201,7 @@ class _L2BatchNormTrain(torch.autograd.Function):
         invstd = (var + eps).rsqrt_()
         gain = invstd if weight is None else weight.to(acc) * invstd  # (C,)
         shift = gain * d if bias is None else torch.addcmul(bias.to(acc), gain, d)  # (N, C)
-        # y = gain * s * (x - m) + gain * d + bias, written over the centred buffer
-        y.mul_(_expand(_to_finite(s * gain, x.dtype), x)).add_(_expand(_to_finite(shift, x.dtype), x))
+        y = _affine(x, m, s * gain, shift)  # gain * s * (x - m) + gain * d + bias
 
         _update_running_stats(running_mean, running_var, mu, var, n * spatial, momentum)
         ctx.save_for_backward(x, weight, m, v, s, sq_norm, d, invstd, gain)
@@ -176,9 +216,7 @@ class _L2BatchNormTrain(torch.autograd.Function):
         spatial = x[0, 0].numel()
         count = n * spatial
 
-        dtype = x.dtype
-        grad_x = torch.sub(x, _expand(m.to(dtype), x))  # x - m; becomes grad_x below
-        g_sum, g_xc = _grad_sums(grad, x, grad_x, m)  # (N, C)
+        g_sum, g_xc = _grad_sums(grad, x, m)  # (N, C)
         grad_bias = g_sum.sum(0)  # (C,)
         # sum over (n, *) of grad * xhat, where xhat = invstd * (s * (x - m) + d)
         grad_gain = torch.addcmul(s * g_xc, d, g_sum).sum(0).mul_(invstd)  # (C,)
@@ -193,13 +231,12 @@ class _L2BatchNormTrain(torch.autograd.Function):
         # no radial term where the norm was clamped to l2_eps
         radial = (dot / sq_norm).masked_fill_(sq_norm <= ctx.l2_eps**2, 0.0)[:, None]
 
-        # grad_x = s * (dxh - radial * x) = coef_g * grad + coef_x * (x - m) + const, centred so
-        # that a large mean cannot cancel
-        coef_g = s * gain
+        # grad_x = s * (dxh - radial * x) = coef_x * (x - m) + const + coef_g * grad, centred so
+        # that a large mean cannot cancel: one pass over x, one over (grad, grad_x)
         coef_x = torch.addcmul(s.square() * u, s, radial).neg_()
         const = torch.addcmul(w, radial, m).mul_(s).neg_()
-        grad_x.mul_(_expand(_to_finite(coef_x, dtype), x)).add_(_expand(_to_finite(const, dtype), x))
-        grad_x.addcmul_(grad, _expand(_to_finite(coef_g, dtype), x))
+        grad_x = _affine(x, m, coef_x, const)
+        grad_x.addcmul_(grad, _expand(_to_finite(s * gain, x.dtype), x))
 
         grad_weight = grad_bias_out = None
         if weight is not None and ctx.needs_input_grad[1]:
