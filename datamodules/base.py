@@ -5,10 +5,12 @@ The test split is never used for model selection: validation always comes from t
 
 from __future__ import annotations
 
+import os
 from abc import abstractmethod
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
 
@@ -36,6 +38,20 @@ class EpochShuffleSampler(Sampler[int]):
         return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
+def _on_gpu(trainer: pl.Trainer | None) -> bool:
+    return trainer is not None and isinstance(trainer.accelerator, CUDAAccelerator)
+
+
+def default_num_workers(trainer: pl.Trainer | None) -> int:
+    """DataLoader workers when none are given: 0 on the CPU (workers would compete with the training
+    threads for the same cores), else the process's share of the usable cores (cores / devices on
+    this node, at most 8, leaving one for the training process)."""
+    if trainer is None or trainer.accelerator is None or isinstance(trainer.accelerator, CPUAccelerator):
+        return 0
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(8, cores // max(1, trainer.num_devices) - 1))
+
+
 class ClassificationDataModule(pl.LightningDataModule):
     """Base for the image (and audio) classification datamodules.
 
@@ -48,7 +64,11 @@ class ClassificationDataModule(pl.LightningDataModule):
         batch_size: samples per batch (per process under DDP).
         val_fraction: share of the training set held out for validation (seeded).
         split_seed: seed of that split; the same seed gives the same split on every machine.
-        num_workers, pin_memory, persistent_workers: DataLoader options.
+        num_workers: DataLoader worker processes; ``None`` (the default) picks
+            :func:`default_num_workers`: 0 when training on the CPU, else a share of the cores.
+        pin_memory: page-locked batches for faster host-to-GPU copies; ``None``: on when the
+            trainer's accelerator is a GPU.
+        persistent_workers: keep the workers between epochs.
     """
 
     num_classes: int
@@ -63,8 +83,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         batch_size: int = 128,
         val_fraction: float = 0.1,
         split_seed: int = 0,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        num_workers: int | None = None,
+        pin_memory: bool | None = None,
         persistent_workers: bool = False,
     ) -> None:
         super().__init__()
@@ -76,7 +96,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.split_seed = split_seed
         self.num_workers = num_workers
         self.pin_memory = pin_memory
-        self.persistent_workers = persistent_workers and num_workers > 0
+        self.persistent_workers = persistent_workers
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
@@ -100,17 +120,23 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.val_set = Subset(train_eval, val_idx)
         self.test_set = test
 
+    def loader_workers(self) -> int:
+        """``num_workers``, or :func:`default_num_workers` for this datamodule's trainer."""
+        return default_num_workers(self.trainer) if self.num_workers is None else self.num_workers
+
     def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
         assert dataset is not None, "call setup() first"
         # under DDP Lightning replaces the sampler with a (seeded, epoch-aware) DistributedSampler
         sampler = EpochShuffleSampler(len(dataset), torch.initial_seed()) if shuffle else None
+        num_workers = self.loader_workers()
+        pin_memory = _on_gpu(self.trainer) if self.pin_memory is None else self.pin_memory
         return DataLoader(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            persistent_workers=self.persistent_workers,
+            num_workers=num_workers,
+            pin_memory=pin_memory,
+            persistent_workers=self.persistent_workers and num_workers > 0,
             drop_last=shuffle and len(dataset) > self.batch_size,
         )
 

@@ -223,7 +223,7 @@ class TAUScenesDataModule(ClassificationDataModule):
             path = self._cache_path(clips, list_path)
             if not path.is_file():
                 frontend, settings = self._frontend()
-                build_feature_cache(path, clips, frontend, settings, self.batch_size, self.num_workers)
+                build_feature_cache(path, clips, frontend, settings, self.batch_size, self.loader_workers())
 
     def build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
         train, test = self._list(self.train_list), self._list(self.test_list)

@@ -56,6 +56,12 @@ class ClassificationModule(pl.LightningModule):
         label_smoothing: cross-entropy label smoothing.
         mixup_alpha, cutmix_alpha: batch mixup / cutmix (torchvision's), off at 0; both on picks one per batch.
         class_names: names for the per-class report (default: class indices).
+        compile: ``torch.compile`` the network: ``false``, ``true`` (the default mode) or a mode name
+            (``reduce-overhead``, ``max-autotune``, ...). The network is compiled in place
+            (``nn.Module.compile``), so checkpoints keep the plain state-dict keys and load into an
+            uncompiled model and back.
+        channels_last: keep the network's weights and 4-D input batches in channels_last memory
+            format (faster convolutions on GPUs with tensor cores, and under ``torch.compile``).
     """
 
     #: hyperparameters that define the network; a checkpoint must agree with the model on them
@@ -83,10 +89,19 @@ class ClassificationModule(pl.LightningModule):
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
         class_names: list[str] | None = None,
+        compile: bool | str = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.network = self.build_network()
+        if channels_last:
+            self.network.to(memory_format=torch.channels_last)
+        if compile:
+            try:
+                self.network.compile(**({} if compile is True else {"mode": compile}))
+            except RuntimeError as error:  # torch names the modes it accepts
+                raise ValueError(f"compile={compile!r}: {error}") from error
         self.mix = self._batch_mix(num_classes, mixup_alpha, cutmix_alpha)
         top5 = min(5, num_classes)
         metrics = {
@@ -115,6 +130,8 @@ class ClassificationModule(pl.LightningModule):
         return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.hparams.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.network(x)
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
