@@ -3,15 +3,18 @@
 from .base import ClassificationDataModule, EpochShuffleSampler
 from .dcase import AudioClipDataset, TAUScenesDataModule
 from .digits import DigitsDataModule
-from .images import CIFARDataModule, ImageFolderDataModule
+from .device_images import DeviceImages
+from .images import CIFARDataModule, ImageDataModule, ImageFolderDataModule
 from .tau_layout import read_file_list, write_synthetic_tau
 
 __all__ = [
     "AudioClipDataset",
     "CIFARDataModule",
     "ClassificationDataModule",
+    "DeviceImages",
     "DigitsDataModule",
     "EpochShuffleSampler",
+    "ImageDataModule",
     "ImageFolderDataModule",
     "TAUScenesDataModule",
     "read_file_list",

@@ -124,21 +124,23 @@ class ClassificationDataModule(pl.LightningDataModule):
         """``num_workers``, or :func:`default_num_workers` for this datamodule's trainer."""
         return default_num_workers(self.trainer) if self.num_workers is None else self.num_workers
 
-    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: Dataset | None, shuffle: bool, **overrides) -> DataLoader:
+        """The split's DataLoader; ``overrides`` replace its keyword arguments."""
         assert dataset is not None, "call setup() first"
         # under DDP Lightning replaces the sampler with a (seeded, epoch-aware) DistributedSampler
         sampler = EpochShuffleSampler(len(dataset), torch.initial_seed()) if shuffle else None
-        num_workers = self.loader_workers()
+        num_workers = overrides.pop("num_workers", None)
+        num_workers = self.loader_workers() if num_workers is None else num_workers
         pin_memory = _on_gpu(self.trainer) if self.pin_memory is None else self.pin_memory
-        return DataLoader(
-            dataset,
-            batch_size=self.batch_size,
-            sampler=sampler,
-            num_workers=num_workers,
-            pin_memory=pin_memory,
-            persistent_workers=self.persistent_workers and num_workers > 0,
-            drop_last=shuffle and len(dataset) > self.batch_size,
-        )
+        options = {
+            "batch_size": self.batch_size,
+            "sampler": sampler,
+            "num_workers": num_workers,
+            "pin_memory": pin_memory,
+            "persistent_workers": self.persistent_workers and num_workers > 0,
+            "drop_last": shuffle and len(dataset) > self.batch_size,
+        }
+        return DataLoader(dataset, **{**options, **overrides})
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)

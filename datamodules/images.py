@@ -5,21 +5,27 @@ Transforms (torchvision ``transforms.v2``):
 * ``cifar``: training pad-4 random crop + horizontal flip; per-channel normalization;
 * ``imagenet``: training RandomResizedCrop + flip; evaluation resize to 8/7 of ``image_size``
   and center crop.
+
+``on_device: true`` (``cifar`` transforms only) replaces the per-sample CPU pipeline by the
+device-resident one of :mod:`datamodules.device_images`: uint8 images on the training device,
+augmented there per batch.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from torchvision import datasets
 from torchvision.transforms import v2
 
 from .base import ClassificationDataModule
+from .device_images import DeviceImages, IndexBatch, IndexDataset, image_cache
 
 __all__ = ["CIFARDataModule", "ImageFolderDataModule"]
 
@@ -47,7 +53,63 @@ def build_transforms(
     return v2.Compose(train + tail), v2.Compose(evaluate + tail)
 
 
-class CIFARDataModule(ClassificationDataModule):
+class ImageDataModule(ClassificationDataModule):
+    """Shared image-datamodule logic: the decoded (PIL, per-sample) pipeline, or the device-resident one.
+
+    Args:
+        on_device: hold the uint8 images on the training device and crop, flip and normalize there
+            per batch (:mod:`datamodules.device_images`); the DataLoader then carries only indices
+            (no workers). For small fixed-size images (CIFAR, TinyImageNet) with ``cifar`` transforms.
+        padding: the random crop's zero padding in device mode (the ``cifar`` recipe's 4).
+        **kwargs: :class:`~datamodules.base.ClassificationDataModule` options.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+    def __init__(self, root: str, on_device: bool = False, padding: int = 4, **kwargs) -> None:
+        super().__init__(root=root, **kwargs)
+        self.on_device = on_device
+        self.padding = padding
+        self.device_images: dict[str, DeviceImages] = {}
+
+    def load_uint8(self) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+        """``((train images, train labels), (test images, test labels))``: uint8 ``(N, 3, H, W)``
+        arrays and class indices, for the device-resident pipeline."""
+        raise NotImplementedError(f"{type(self).__name__} has no device-resident pipeline")
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.on_device:
+            super().setup(stage)
+            return
+        if self.train_set is not None:
+            return
+        (train_x, train_y), (test_x, test_y) = self.load_uint8()
+        train = DeviceImages(torch.as_tensor(train_x), torch.as_tensor(train_y), self.mean, self.std)
+        test = DeviceImages(torch.as_tensor(test_x), torch.as_tensor(test_y), self.mean, self.std)
+        self.device_images = {"train": train, "train_eval": train, "test": test}
+        self.seed = torch.initial_seed()  # the augmentation key, as the training sampler's
+        train_idx, val_idx = self.split_indices(len(train))
+        self.train_set = Subset(IndexDataset(len(train), "train"), train_idx)
+        self.val_set = Subset(IndexDataset(len(train), "train_eval"), val_idx)
+        self.test_set = IndexDataset(len(test), "test")
+
+    def _loader(self, dataset: Dataset | None, shuffle: bool, **overrides) -> DataLoader:
+        if self.on_device:
+            indices = dataset.dataset if isinstance(dataset, Subset) else dataset
+            overrides = {"collate_fn": indices.collate, "num_workers": 0, "pin_memory": False, **overrides}
+        return super()._loader(dataset, shuffle, **overrides)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Device mode: gathers (and, for training, augments) the batch's images on its device."""
+        if not isinstance(batch, IndexBatch):
+            return batch
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        images = self.device_images[batch.split]
+        return images.batch(batch.indices, augment=batch.split == "train", epoch=epoch, seed=self.seed, padding=self.padding)
+
+
+class CIFARDataModule(ImageDataModule):
     """CIFAR-10 or CIFAR-100 through ``torchvision.datasets`` (python-pickle format under ``root``).
 
     Args:
@@ -60,6 +122,7 @@ class CIFARDataModule(ClassificationDataModule):
         super().__init__(root=root, **kwargs)
         if num_classes not in _CIFAR_STATS:
             raise ValueError(f"num_classes must be 10 or 100 for CIFAR, got {num_classes}")
+        self.mean, self.std = _CIFAR_STATS[num_classes]
         self.num_classes = num_classes
         self.download = download
         self.input_shape = [3, 32, 32]
@@ -73,18 +136,28 @@ class CIFARDataModule(ClassificationDataModule):
             for train in (True, False):
                 self._dataset_class()(self.root, train=train, download=True)
 
-    def build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
-        train_tf, eval_tf = build_transforms("cifar", 32, *_CIFAR_STATS[self.num_classes])
+    def _open(self, train: bool, transform: Callable | None = None) -> datasets.CIFAR10:
         cls = self._dataset_class()
         try:
-            train = cls(self.root, train=True, transform=train_tf)
+            return cls(self.root, train=train, transform=transform)
         except (RuntimeError, OSError) as error:
             raise FileNotFoundError(
                 f"CIFAR-{self.num_classes} was not found (or is corrupted) under root={self.root!r} "
                 f"(expected {Path(self.root) / cls.base_folder}). Pass --data.init_args.download true to "
                 "download it there, or point --data.init_args.root at the folder that holds it."
             ) from error
-        return train, cls(self.root, train=True, transform=eval_tf), cls(self.root, train=False, transform=eval_tf)
+
+    def build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
+        train_tf, eval_tf = build_transforms("cifar", 32, self.mean, self.std)
+        return self._open(True, train_tf), self._open(True, eval_tf), self._open(False, eval_tf)
+
+    def load_uint8(self) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+        """torchvision's arrays as they are stored: uint8 ``(N, 32, 32, 3)``, as ``(N, 3, 32, 32)``."""
+        train, test = self._open(True), self._open(False)
+        return (
+            (train.data.transpose(0, 3, 1, 2).copy(), train.targets),
+            (test.data.transpose(0, 3, 1, 2).copy(), test.targets),
+        )
 
 
 def _load_rgb(path: str) -> Image.Image:
@@ -96,7 +169,7 @@ def _load_rgb(path: str) -> Image.Image:
         raise RuntimeError(f"cannot read image file {path}: {error}. Remove or replace the file.") from error
 
 
-class ImageFolderDataModule(ClassificationDataModule):
+class ImageFolderDataModule(ImageDataModule):
     """Folder-per-class images: ``root/<train_split>/<class>/*.jpg`` and ``root/<test_split>/<class>/...``
     (ImageNet, TinyImageNet, the JPEG copy of CIFAR-10, ...).
 
@@ -105,7 +178,9 @@ class ImageFolderDataModule(ClassificationDataModule):
         image_size: side of the square network input.
         transforms: ``cifar`` (pad-crop + flip) or ``imagenet`` (RandomResizedCrop + flip).
         mean, std: per-channel normalization (default: ImageNet's).
-        **kwargs: :class:`~datamodules.base.ClassificationDataModule` options.
+        cache_dir: where ``on_device`` keeps its decoded uint8 ``.npy`` files (default: ``root``).
+        **kwargs: :class:`ImageDataModule` options (``on_device``, ...) and
+            :class:`~datamodules.base.ClassificationDataModule` options.
     """
 
     def __init__(
@@ -117,9 +192,16 @@ class ImageFolderDataModule(ClassificationDataModule):
         transforms: Literal["cifar", "imagenet"] = "imagenet",
         mean: tuple[float, float, float] = _IMAGENET_STATS[0],
         std: tuple[float, float, float] = _IMAGENET_STATS[1],
+        cache_dir: str | None = None,
         **kwargs,
     ) -> None:
         super().__init__(root=root, **kwargs)
+        if self.on_device and transforms != "cifar":
+            raise ValueError(
+                f"on_device supports transforms: cifar (pad-crop + flip), not {transforms!r}: set transforms: cifar "
+                "or on_device: false"
+            )
+        self.cache_dir = cache_dir
         self.train_split, self.test_split = train_split, test_split
         self.image_size, self.transforms = image_size, transforms
         self.mean, self.std = tuple(mean), tuple(std)
@@ -143,8 +225,8 @@ class ImageFolderDataModule(ClassificationDataModule):
             raise FileNotFoundError(f"image folder {folder} holds no class sub-folders (<class>/<image>)")
         return classes
 
-    def build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
-        train_tf, eval_tf = build_transforms(self.transforms, self.image_size, self.mean, self.std)
+    def _check_test_classes(self) -> tuple[Path, Path]:
+        """The train and test folders, after checking that they hold the same class folders."""
         train_dir, test_dir = self._split_dir(self.train_split), self._split_dir(self.test_split)
         test_classes = self._classes(test_dir)
         if test_classes != self.class_names:
@@ -152,6 +234,30 @@ class ImageFolderDataModule(ClassificationDataModule):
                 f"the class folders of {test_dir} ({len(test_classes)}) differ from those of {train_dir} "
                 f"({len(self.class_names)}): {sorted(set(test_classes) ^ set(self.class_names))[:10]}"
             )
+        return train_dir, test_dir
+
+    def build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
+        train_tf, eval_tf = build_transforms(self.transforms, self.image_size, self.mean, self.std)
+        train_dir, test_dir = self._check_test_classes()
         train = datasets.ImageFolder(str(train_dir), transform=train_tf, loader=_load_rgb)
         train_eval = datasets.ImageFolder(str(train_dir), transform=eval_tf, loader=_load_rgb)
         return train, train_eval, datasets.ImageFolder(str(test_dir), transform=eval_tf, loader=_load_rgb)
+
+    def _folder_dataset(self, split: str) -> datasets.ImageFolder:
+        return datasets.ImageFolder(str(self._split_dir(split)), loader=_load_rgb)
+
+    def prepare_data(self) -> None:
+        if self.on_device:  # decode once, on one process per node
+            for split in (self.train_split, self.test_split):
+                self._cached_uint8(split)
+
+    def _cached_uint8(self, split: str) -> tuple[Any, list[int]]:
+        folder = self._folder_dataset(split)
+        root = Path(self.root)
+        files = [str(Path(path).relative_to(root)) for path, _ in folder.samples]
+        path = image_cache(Path(self.cache_dir or self.root) / ".l2bn_cache", split, root, files, self.image_size)
+        return np.load(path), list(folder.targets)
+
+    def load_uint8(self) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
+        self._check_test_classes()
+        return self._cached_uint8(self.train_split), self._cached_uint8(self.test_split)

@@ -1,0 +1,191 @@
+"""A device-resident image pipeline for small-image data sets (CIFAR, TinyImageNet, JPEG copies).
+
+The whole split is held as uint8 ``(N, C, H, W)`` (CIFAR-10's training set: 150 MB) on the training
+device. The DataLoader yields only sample indices (:class:`IndexBatch`), so Lightning's samplers
+keep deciding the order, the DDP shards and the resume position exactly as for the decoded
+pipeline; after the indices reach the device, :meth:`DeviceImages.batch` gathers the images and
+augments them there, a whole batch at a time:
+
+* random crop with zero padding and horizontal flip (torchvision's ``RandomCrop(size, padding)`` +
+  ``RandomHorizontalFlip()``; the same distribution, drawn per sample);
+* conversion to float and per-channel normalization (``ToDtype(scale=True)`` + ``Normalize``).
+
+The crop offsets and flips are a counter-based hash of ``(seed, epoch, sample index)``
+(:func:`crop_flip_params`), not a stateful generator: a sample gets the same augmentation in a
+given epoch whichever batch, process or resumed run draws it, on any device.
+
+Folder-per-class sets are decoded once, in parallel, into a uint8 ``.npy`` cache beside the data,
+named by a hash of every file's name, size and modification time (as the audio feature cache).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from .feature_cache import feature_cache_path
+
+__all__ = ["DeviceImages", "IndexBatch", "IndexDataset", "crop_flip_params", "decode_images", "image_cache"]
+
+log = logging.getLogger(__name__)
+
+_MASK32 = 0xFFFFFFFF
+
+
+class IndexBatch(NamedTuple):
+    """What the DataLoader yields in device mode: ``indices`` ``(B,)`` int64 into the images of
+    ``split`` (``train``: augmented; ``train_eval``: the validation share of the training images;
+    ``test``). Lightning moves the tensor field to the device; the string stays."""
+
+    indices: Tensor
+    split: str
+
+
+class IndexDataset(Dataset):
+    """``range(size)`` as a map-style dataset whose batches collate into :class:`IndexBatch`."""
+
+    def __init__(self, size: int, split: str) -> None:
+        self.size, self.split = size, split
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+    def collate(self, indices: list[int]) -> IndexBatch:
+        return IndexBatch(torch.tensor(indices, dtype=torch.int64), self.split)
+
+
+def _hash32(h: Tensor) -> Tensor:
+    """lowbias32 integer hash of int64 tensors holding 32-bit values (wrap-around arithmetic)."""
+    h = h & _MASK32
+    h = h ^ (h >> 16)
+    h = (h * 0x7FEB352D) & _MASK32
+    h = h ^ (h >> 15)
+    h = (h * 0x846CA68B) & _MASK32
+    return h ^ (h >> 16)
+
+
+def crop_flip_params(indices: Tensor, epoch: int, seed: int, padding: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-sample ``(top, left, flip)`` for a pad-``padding`` random crop and a horizontal flip:
+    ``top`` and ``left`` uniform in ``0 .. 2 * padding``, ``flip`` a fair coin, all ``(B,)``, on
+    ``indices``' device, a pure function of ``(seed, epoch, index)``."""
+    key = _hash32(torch.tensor([seed & _MASK32, (seed >> 32) & _MASK32, epoch], device=indices.device))
+    h = _hash32(_hash32(indices ^ key[0]) ^ key[1] ^ (key[2] << 1))
+    span = 2 * padding + 1
+    return h % span, (h // span) % span, (h // (span * span)) % 2 == 1
+
+
+class DeviceImages:
+    """A split's uint8 images and labels, copied to a device on first use.
+
+    Args:
+        images: ``(N, C, H, W)`` uint8.
+        labels: ``(N,)`` class indices.
+        mean, std: per-channel normalization of the ``[0, 1]`` images.
+    """
+
+    def __init__(self, images: Tensor, labels: Tensor, mean: Sequence[float], std: Sequence[float]) -> None:
+        if images.dtype != torch.uint8 or images.dim() != 4:
+            raise ValueError(f"expected uint8 images (N, C, H, W), got {images.dtype} {tuple(images.shape)}")
+        self.images, self.labels = images, labels.to(torch.int64)
+        std_t = torch.tensor(std, dtype=torch.float32)
+        # x = (u8 / 255 - mean) / std = u8 * scale - shift
+        self.scale = (1.0 / (255.0 * std_t)).view(1, -1, 1, 1)
+        self.shift = (torch.tensor(mean, dtype=torch.float32) / std_t).view(1, -1, 1, 1)
+        self._device: torch.device = images.device
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def to(self, device: torch.device) -> DeviceImages:
+        """Moves the arrays (once) to ``device``."""
+        if self._device != device:
+            for name in ("images", "labels", "scale", "shift"):
+                setattr(self, name, getattr(self, name).to(device))
+            self._device = device
+        return self
+
+    def batch(
+        self, indices: Tensor, augment: bool = False, epoch: int = 0, seed: int = 0, padding: int = 4
+    ) -> tuple[Tensor, Tensor]:
+        """``(images float32 (B, C, H, W), labels (B,))`` for ``indices`` (on this object's device),
+        randomly cropped (``padding``) and flipped when ``augment``."""
+        self.to(indices.device)
+        if augment:
+            images = self._crop_flip(indices, *crop_flip_params(indices, epoch, seed, padding), padding)
+        else:
+            images = self.images[indices]
+        return torch.addcmul(-self.shift, images.float(), self.scale), self.labels[indices]
+
+    def _crop_flip(self, indices: Tensor, top: Tensor, left: Tensor, flip: Tensor, padding: int) -> Tensor:
+        """One gather: output pixel ``(i, j)`` of sample ``b`` is padded-image pixel
+        ``(top + i, left + j')`` (``j' = W - 1 - j`` when flipped); the zero padding is masked in."""
+        _, channels, height, width = self.images.shape
+        device = indices.device
+        rows = top[:, None] + torch.arange(height, device=device) - padding  # (B, H) source rows
+        cols = left[:, None] + torch.arange(width, device=device) - padding  # (B, W)
+        cols = torch.where(flip[:, None], cols.flip(1), cols)
+        inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
+        gathered = self.images[
+            indices[:, None, None, None],
+            torch.arange(channels, device=device)[None, :, None, None],
+            rows.clamp(0, height - 1)[:, None, :, None],
+            cols.clamp(0, width - 1)[:, None, None, :],
+        ]  # (B, C, H, W)
+        return gathered * inside[:, None].to(gathered.dtype)
+
+
+def _read_rgb(path: str, size: int) -> np.ndarray:
+    from .images import _load_rgb  # the decoded pipeline's loader and its named-file error
+
+    image = _load_rgb(path)
+    if image.size != (size, size):
+        raise ValueError(
+            f"image {path} is {image.size[0]}x{image.size[1]}, not {size}x{size}: on_device keeps every image as "
+            "decoded (crop and flip only), so the data set must be stored at image_size. Set image_size to the "
+            "images' size, resize the data set, or use on_device: false"
+        )
+    return np.asarray(image, dtype=np.uint8)
+
+
+def decode_images(paths: Sequence[str], size: int, workers: int | None = None) -> np.ndarray:
+    """Decodes ``paths`` (RGB, all ``size`` x ``size``) into uint8 ``(N, 3, size, size)``, in
+    parallel threads (PIL releases the GIL while it decodes)."""
+    workers = workers or min(32, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
+
+    def decode(i: int) -> None:
+        out[i] = _read_rgb(paths[i], size).transpose(2, 0, 1)
+
+    with ThreadPoolExecutor(workers) as pool:
+        list(pool.map(decode, range(len(paths)), chunksize=256))
+    return out
+
+
+def image_cache(folder: Path, split: str, root: Path, files: list[str], size: int) -> Path:
+    """The cache file of ``files`` (relative to ``root``); built by decoding them when missing."""
+    path = feature_cache_path(folder, split, {"kind": "uint8 RGB (N, 3, H, W)", "size": size}, root, files)
+    if path.is_file():
+        return path
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.stem + f".partial-{os.getpid()}.npy")
+        log.info("decoding %d images of %s into %s", len(files), root / split, path)
+        np.save(partial, decode_images([str(root / f) for f in files], size))
+    except PermissionError as error:
+        raise PermissionError(
+            f"cannot write the on_device image cache into {path.parent}: set --data.init_args.cache_dir to a writable folder"
+        ) from error
+    os.replace(partial, path)
+    return path
