@@ -4,7 +4,7 @@ Each repeat runs every variant once, in turn (interleaved), so drift in machine 
 them alike; the table reports medians and the ratio of each to BatchNorm2d in the same run.
 
     python benchmarks/bench_norm.py                     # CPU, the issue's shapes
-    python benchmarks/bench_norm.py --device cuda --compile
+    python benchmarks/bench_norm.py --device cuda --dtype bfloat16 --compile
 """
 
 from __future__ import annotations
@@ -60,10 +60,10 @@ def time_fwd_bwd(module: nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Call
     return run
 
 
-def bench_shape(shape, device, channels_last, compile_, repeats, warmup) -> list[dict]:
+def bench_shape(shape, device, channels_last, compile_, repeats, warmup, dtype=torch.float32) -> list[dict]:
     memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.randn(shape, device=device).to(memory_format=memory_format).requires_grad_()
-    grad = torch.randn(shape, device=device).to(memory_format=memory_format)
+    x = torch.randn(shape, device=device, dtype=dtype).to(memory_format=memory_format).requires_grad_()
+    grad = torch.randn(shape, device=device, dtype=dtype).to(memory_format=memory_format)
     variants = {
         "BatchNorm2d": nn.BatchNorm2d(shape[1]),
         "L2BN2d": L2BN2d(shape[1]),
@@ -71,8 +71,8 @@ def bench_shape(shape, device, channels_last, compile_, repeats, warmup) -> list
     }
     variants = {k: v.to(device) for k, v in variants.items()}
     bytes_saved = {k: saved_bytes(v, x) for k, v in variants.items()}
-    if compile_:
-        variants = {k: torch.compile(v) for k, v in variants.items()}
+    if compile_:  # dynamic shapes: one compilation per variant and layout serves every shape
+        variants = {k: torch.compile(v, dynamic=True) for k, v in variants.items()}
     runners = {k: time_fwd_bwd(v, x, grad) for k, v in variants.items()}
     times: dict[str, list[float]] = {k: [] for k in runners}
     for i in range(warmup + repeats):
@@ -104,23 +104,26 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="torch.compile every variant")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                        help="input dtype (the norms' parameters stay float32, as under autocast)")
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--csv", help="also write the table to this CSV file")
     args = parser.parse_args()
 
     torch.manual_seed(0)
+    dtype = getattr(torch, args.dtype)
     # Untimed pass first: the process's allocator settles (glibc adapts its mmap threshold to the
     # large buffers) and the steady state of a training run is what gets measured.
-    bench_shape(SHAPES[0], args.device, False, args.compile, args.repeats, args.warmup)
+    bench_shape(SHAPES[0], args.device, False, args.compile, args.repeats, args.warmup, dtype)
     rows = []
     layouts = [False] if args.no_channels_last else [False, True]
     for channels_last in layouts:
         for shape in SHAPES:
-            rows += bench_shape(shape, args.device, channels_last, args.compile, args.repeats, args.warmup)
-    rows += bench_shape(OVERHEAD_PROBE, args.device, False, args.compile, args.repeats, args.warmup)
+            rows += bench_shape(shape, args.device, channels_last, args.compile, args.repeats, args.warmup, dtype)
+    rows += bench_shape(OVERHEAD_PROBE, args.device, False, args.compile, args.repeats, args.warmup, dtype)
     table = pd.DataFrame(rows)
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
-          f"compile={args.compile}, {args.repeats} interleaved repeats (medians)")
+          f"dtype={args.dtype}, compile={args.compile}, {args.repeats} interleaved repeats (medians)")
     print(table.to_markdown(index=False))
     print("\nSummary (ratios against BatchNorm2d in the same run):")
     print(summary(table).to_markdown(index=False))

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from models import build_model
 
 
-def step_timer(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
+def step_timer(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, amp: torch.dtype | None = None):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
 
     def step() -> float:
@@ -28,7 +28,9 @@ def step_timer(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor):
             torch.cuda.synchronize()
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x), y).backward()
+        with torch.autocast(x.device.type, dtype=amp or torch.float32, enabled=amp is not None):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
         optimizer.step()
         if x.is_cuda:
             torch.cuda.synchronize()
@@ -46,7 +48,8 @@ def bench(arch: str, args: argparse.Namespace) -> dict:
     models["l2bn"].load_state_dict(models["bn"].state_dict())
     if args.compile:
         models = {norm: torch.compile(m) for norm, m in models.items()}
-    steps = {norm: step_timer(m, x, y) for norm, m in models.items()}
+    amp = getattr(torch, args.amp) if args.amp else None
+    steps = {norm: step_timer(m, x, y, amp) for norm, m in models.items()}
     times: dict[str, list[float]] = {norm: [] for norm in steps}
     for i in range(args.warmup + args.repeats):
         for norm, step in steps.items():
@@ -72,10 +75,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--amp", choices=["bfloat16", "float16"], help="autocast to this dtype (Lightning's *-mixed precision)")
     args = parser.parse_args()
     table = pd.DataFrame([bench(arch, args) for arch in args.archs])
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, batch {args.batch_size}, "
-          f"channels_last={args.channels_last}, compile={args.compile}, {args.repeats} interleaved repeats (medians)")
+          f"channels_last={args.channels_last}, compile={args.compile}, amp={args.amp}, {args.repeats} interleaved repeats (medians)")
     print(table.to_markdown(index=False))
 
 

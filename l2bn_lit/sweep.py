@@ -1,12 +1,13 @@
 """Norm x seed sweeps: every combination as an ordinary CLI run, then one table of test metrics.
 
     python -m l2bn_lit.sweep --config configs/quickstart.yaml --norms bn l2bn --seeds 0 1 2 \\
-        [--out runs/sweep] [--metrics test/acc test/acc_macro] [--analysis] [--dry-run] [-- CLI OPTIONS]
+        [--out runs/sweep] [--metrics test/acc test/acc_macro] [--analysis] [--parallel K] [--dry-run] [-- CLI OPTIONS]
 
 Each run is ``python -m l2bn_lit.cli fit --config ... --model.init_args.norm NORM --seed_everything
 SEED --test_after_fit true`` plus the options after ``--`` (a norm given as ``l2bn:rescale=true``
-also passes ``--model.init_args.norm_options '{"rescale": true}'``), run one after another in a fresh process
-(``--dry-run`` prints the commands, for a cluster's job array). Run folders are
+also passes ``--model.init_args.norm_options '{"rescale": true}'``), each in a fresh process, one after
+another or ``--parallel K`` at a time (small models leave a GPU mostly idle: several runs share it
+well), and ``--dry-run`` prints the commands, for a cluster's job array. Run folders are
 ``OUT/<norm>/seed<seed>`` (``OUT/l2bn-rescale=true/seed0``); a run whose test metrics are already there is not run again, so an
 interrupted sweep resumes. ``--analysis`` adds the :mod:`l2bn_lit.analysis` callbacks to every run
 and draws their curves per norm (mean over seeds) into ``OUT/compare_*.png``.
@@ -146,6 +147,34 @@ def _report(args: argparse.Namespace, runs: pd.DataFrame, analysis: pd.DataFrame
     return "\n".join(lines)
 
 
+def _run_all(pending: list[tuple[str, int, Path, list[str]]], out: Path, parallel: int) -> None:
+    """Runs the ``(norm, seed, run folder, command)`` jobs, ``parallel`` at a time; the first failure
+    stops the sweep (the other runs in flight are ended) and names its log."""
+    running: list[tuple[str, int, subprocess.Popen, Path, float]] = []
+    try:
+        while pending or running:
+            while pending and len(running) < parallel:
+                norm, seed, run, command = pending.pop(0)
+                if run.exists():  # an interrupted run: start it again from scratch
+                    shutil.rmtree(run)
+                log_path = out / "logs" / f"{run_folder_name(norm)}-seed{seed}.log"
+                log_path.parent.mkdir(parents=True, exist_ok=True)
+                with log_path.open("w") as log:
+                    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+                running.append((norm, seed, process, log_path, time.perf_counter()))
+            time.sleep(0.2)
+            for job in [job for job in running if job[2].poll() is not None]:
+                running.remove(job)
+                norm, seed, process, log_path, start = job
+                if process.returncode:
+                    raise SystemExit(f"[sweep] {norm} seed {seed} failed (exit {process.returncode}); its output: {log_path}")
+                print(f"[sweep] {norm} seed {seed}: {time.perf_counter() - start:.0f} s ({log_path})", flush=True)
+    finally:
+        for _, _, process, _, _ in running:
+            process.kill()
+            process.wait()
+
+
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
@@ -155,6 +184,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--out", help="sweep folder (default runs/sweep_<config name>)")
     parser.add_argument("--metrics", nargs="+", default=["test/acc", "test/acc_macro"])
     parser.add_argument("--analysis", action="store_true", help="add the analysis callbacks and compare their curves")
+    parser.add_argument("--parallel", type=int, default=1, help="runs at a time (each a process of its own)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("cli", nargs=argparse.REMAINDER, help="after --: options passed to every run")
     args = parser.parse_args(argv)
@@ -163,28 +193,20 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         parser.error(f"--config {args.config} does not exist")
     out = Path(args.out or f"runs/sweep_{Path(args.config).stem}")
     args.norms = [norm_label(*parse_arm(arm)) for arm in args.norms]  # one spelling per arm
+    pending = []
     for norm in args.norms:
         for seed in args.seeds:
             run = out / run_folder_name(norm) / f"seed{seed}"
             command = run_command(args.config, norm, seed, out, args.analysis, args.cli)
             if args.dry_run:
                 print(shlex.join(command))
-                continue
-            if _finished(run, args.metrics):
+            elif _finished(run, args.metrics):
                 print(f"[sweep] {norm} seed {seed}: done before, kept ({run})")
-                continue
-            if run.exists():  # an interrupted run: start it again from scratch
-                shutil.rmtree(run)
-            log_path = out / "logs" / f"{run_folder_name(norm)}-seed{seed}.log"
-            log_path.parent.mkdir(parents=True, exist_ok=True)
-            start = time.perf_counter()
-            with log_path.open("w") as log:
-                result = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=False)
-            if result.returncode:
-                raise SystemExit(f"[sweep] {norm} seed {seed} failed (exit {result.returncode}); its output: {log_path}")
-            print(f"[sweep] {norm} seed {seed}: {time.perf_counter() - start:.0f} s ({run})")
+            else:
+                pending.append((norm, seed, run, command))
     if args.dry_run:
         return pd.DataFrame()
+    _run_all(pending, out, max(1, args.parallel))
     runs = collect_runs(out, args.metrics)
     arms = {run_folder_name(norm): norm for norm in args.norms}  # by folder: a config's own norm_options stay out of the label
     runs["norm"] = [arms.get(Path(run).parts[0]) for run in runs["run"]]

@@ -1,4 +1,9 @@
-"""Runs a function in N spawned processes joined in a gloo process group, with a hard timeout."""
+"""Runs a function in N spawned processes joined in a gloo process group, with a hard timeout.
+
+Results travel back as plain data: every tensor is turned into a numpy array in the worker and back
+into a tensor in the parent. (torch.multiprocessing would share tensors through file descriptors
+that die with the worker, so a worker that exits before the parent has received them makes the
+transfer fail: ConnectionResetError / FileNotFoundError under CPU load.)"""
 
 from __future__ import annotations
 
@@ -9,15 +14,20 @@ import traceback
 from collections.abc import Callable
 from typing import Any
 
+import multiprocessing as mp
+
+import numpy as np
+import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from torch.utils._pytree import tree_map
 
 
 def _worker(fn: Callable, rank: int, world_size: int, init_file: str, results: Any, args: tuple) -> None:
     try:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
         try:
-            results.put((rank, "ok", fn(rank, world_size, *args)))
+            value = tree_map(lambda t: t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else t, fn(rank, world_size, *args))
+            results.put((rank, "ok", value))
         finally:
             dist.destroy_process_group()
     except BaseException:  # report every failure to the parent instead of hanging it
@@ -43,7 +53,7 @@ def run_distributed(fn: Callable, world_size: int, *args: Any, timeout: float = 
                 rank, status, value = results.get(timeout=timeout)
                 if status == "error":
                     raise RuntimeError(f"rank {rank} failed:\n{value}")
-                collected[rank] = value
+                collected[rank] = tree_map(lambda a: torch.from_numpy(a) if isinstance(a, np.ndarray) else a, value)
         except queue.Empty:
             raise TimeoutError(f"distributed run did not finish in {timeout} s") from None
         finally:

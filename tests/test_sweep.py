@@ -47,7 +47,7 @@ def test_tiny_sweep_runs_every_combination_collects_and_resumes(tmp_path, capsys
     monkeypatch.chdir(ROOT)
     out = tmp_path / "sweep"
     argv = ["--config", "configs/quickstart.yaml", "--norms", "bn", "l2bn", "--seeds", "0", "1", "--out", str(out), "--analysis",
-            "--", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.enable_progress_bar", "false"]
+            "--parallel", "2", "--", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.enable_progress_bar", "false"]
     runs = main(argv)
     assert sorted(zip(runs["norm"], runs["seed"])) == [("bn", 0), ("bn", 1), ("l2bn", 0), ("l2bn", 1)]
     for _, row in runs.iterrows():
@@ -69,7 +69,7 @@ def test_tiny_sweep_runs_every_combination_collects_and_resumes(tmp_path, capsys
     assert printed.count("done before, kept") == 3 and "l2bn seed 1:" in printed
     assert len(again) == 4
 
-    main([*argv[:10], "--dry-run", *argv[10:]])
+    main([*argv[:13], "--dry-run", *argv[13:]])
     commands = [line for line in capsys.readouterr().out.splitlines() if "l2bn_lit.cli fit" in line]
     assert len(commands) == 4 and all("--trainer.max_epochs 1" in c for c in commands)
 
@@ -91,3 +91,11 @@ def test_a_norm_with_options_is_its_own_arm(tmp_path, capsys):
 def test_missing_config_is_named(tmp_path):
     with pytest.raises(SystemExit):
         main(["--config", str(tmp_path / "nope.yaml")])
+
+
+def test_a_failed_run_stops_the_sweep_and_names_its_log(tmp_path, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    argv = ["--config", "configs/quickstart.yaml", "--norms", "bn", "l2bn", "--seeds", "0", "--out", str(tmp_path),
+            "--parallel", "2", "--", "--model.init_args.lr", "fast"]
+    with pytest.raises(SystemExit, match=r"failed \(exit [0-9]+\); its output: .*seed0\.log"):
+        main(argv)
