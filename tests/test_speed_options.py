@@ -74,9 +74,3 @@ def test_default_num_workers():
     assert default_num_workers(cpu) == 0
     assert DigitsDataModule(batch_size=8).num_workers is None
 
-
-def test_default_num_workers_on_a_gpu():
-    if not torch.cuda.is_available():
-        pytest.skip("needs CUDA: the GPU default is a share of the cores")
-    trainer = pl.Trainer(accelerator="cuda", devices=1, logger=False)
-    assert 1 <= default_num_workers(trainer) <= 8
