@@ -127,15 +127,20 @@ def _grad_sums(grad: Tensor, x: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
     if x.dim() == 2:
         return grad.to(m.dtype), grad.to(m.dtype) * (x.to(m.dtype) - m)
     x_rows = _as_rows(x)
+    spatial = tuple(range(2, x.dim()))
+    if torch.compiler.is_compiling():  # inductor fuses both sums into one reduction
+        return grad.sum(spatial, dtype=m.dtype), (grad * torch.sub(x, _expand(m, x).to(x.dtype))).sum(spatial, dtype=m.dtype)
     if x_rows is not None:
         # Batch norm's fused backward reduction on the (1, N*C, S) view: one pass over (grad, x).
         g_rows = grad.contiguous().view_as(x_rows)
         ones = torch.ones(n * c, dtype=m.dtype, device=x.device)
-        _, g_xc, g_sum = torch.ops.aten.native_batch_norm_backward(
-            g_rows, x_rows, None, None, None, m.reshape(-1), ones, True, 0.0, [False, True, True]
-        )
+        if x.is_cuda:  # SyncBatchNorm's reduction kernel (CUDA's native backward needs grad_input)
+            g_sum, g_xc = torch.batch_norm_backward_reduce(g_rows, x_rows, m.reshape(-1), ones, None, True, False, False)[:2]
+        else:
+            _, g_xc, g_sum = torch.ops.aten.native_batch_norm_backward(
+                g_rows, x_rows, None, None, None, m.reshape(-1), ones, True, 0.0, [False, True, True]
+            )
         return g_sum.view(n, c), g_xc.view(n, c)
-    spatial = tuple(range(2, x.dim()))
     g_sum = grad.sum(spatial, dtype=m.dtype)
     if x.dtype == m.dtype:  # channels_last: sum(grad * x) - m * sum(grad)
         return g_sum, (grad * x).sum(spatial).sub_(m * g_sum)
