@@ -173,11 +173,11 @@ def test_quickstart_fits_on_cuda(precision, tmp_path):
     from l2bn_lit.cli import main
 
     cli = main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--trainer.accelerator", "cuda",
-                "--trainer.precision", precision, "--trainer.max_epochs", "3", "--trainer.deterministic", "false",
+                "--trainer.precision", precision, "--trainer.deterministic", "false",
                 "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path),
                 "--trainer.logger", "false"])
     assert cli.trainer.state.finished
-    assert cli.trainer.callback_metrics["test/acc"] > 0.8
+    assert cli.trainer.callback_metrics["test/acc"] > 0.9  # 15 epochs: 0.97-0.99 on the CPU
 
 
 def test_audio_front_end_on_cuda_matches_cpu():
