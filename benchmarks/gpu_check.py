@@ -2,7 +2,7 @@
 CIFAR-10 comparison on the device-resident pipeline, written as one Markdown report.
 
     python benchmarks/gpu_check.py --data ../shared/data/cifar10-jpeg.tar.gz --wheels .whl --report results/gpu_check.md
-    python benchmarks/gpu_check.py --device cpu --quick          # the CPU path (seconds; CI runs it)
+    python benchmarks/gpu_check.py --device cpu --quick          # the CPU path (about a minute; CI runs it)
 
 Sections run in order of importance, each in its own process with its own time limit, and the
 report is rewritten after each one, so a run stopped early still leaves what it measured. Modules
@@ -164,13 +164,18 @@ def main() -> None:
         sweep += ["--data.init_args.batch_size", "64"]
     report.section(f"CIFAR-10 ResNet-20, BN vs L2BN, {seeds} seeds, {epochs} epochs (l2bn_lit.sweep)", sweep, 300, keep=45)
 
-    for dtype in ("float32", "bfloat16"):
+    dtypes = ["float32"] if args.quick else ["float32", "bfloat16"]  # --quick: the script's path, not figures
+    for dtype in dtypes:
         report.section(f"bench_norm {args.device} {dtype} eager",
                        [py, "benchmarks/bench_norm.py", *device, "--dtype", dtype, *repeats], 60, keep=14)
     step = [py, "benchmarks/bench_train_step.py", *device, "--channels-last", *repeats[:2]]
+    step += ["--archs", "resnet20"] if args.quick else []
     report.section(f"bench_train_step {args.device} channels_last float32", step, 60, keep=5)
+    if args.quick:
+        print(f"[gpu_check] report: {report.path}")
+        return
     report.section(f"bench_train_step {args.device} channels_last bf16 autocast", [*step, "--amp", "bfloat16"], 60, keep=5)
-    for dtype in ("float32", "bfloat16"):
+    for dtype in dtypes:
         report.section(f"bench_norm {args.device} {dtype} compiled",
                        [py, "benchmarks/bench_norm.py", *device, "--dtype", dtype, "--compile", *repeats], 120, keep=14)
     print(f"[gpu_check] report: {report.path}")
