@@ -116,8 +116,9 @@ def _data_overrides(config: Path, cifar_root: Path, folder_root: Path) -> list[s
     if data_class == "datamodules.CIFARDataModule":
         return [*common, "--data.init_args.root", str(cifar_root), "--data.init_args.persistent_workers", "false"]
     if data_class == "datamodules.ImageFolderDataModule":
+        size = "40" if "on_device: true" in config.read_text() else "32"  # on_device keeps the stored 40x40 size
         return [*common, "--data.init_args.root", str(folder_root), "--data.init_args.test_split", "test",
-                "--data.init_args.image_size", "32", "--data.init_args.persistent_workers", "false"]
+                "--data.init_args.image_size", size, "--data.init_args.persistent_workers", "false"]
     raise AssertionError(f"{config.name}: no test fixture for {data_class}")
 
 
