@@ -8,7 +8,8 @@
 - ``--trainer.sync_batchnorm true`` installs :class:`l2bn_lit.L2BNLayerSync` (Lightning's own flag
   would silently turn L2BN into plain SyncBatchNorm);
 - a CSV logger always, TensorBoard as well when installed, the Rich progress bar, and checkpoints of
-  the best (by ``val/acc``) and the last epoch; the resolved config is saved in the run folder;
+  the best (by ``val/acc``) and the last epoch; the resolved config is saved in the run folder. The
+  default loggers write under ``--trainer.default_root_dir`` when it is given, else under ``runs/``;
 - ``--ckpt_path`` with options that contradict the checkpoint's architecture, norm or front-end is
   an error;
 - ``fit --test_after_fit true`` tests the best checkpoint at the end of fit;
@@ -87,6 +88,17 @@ def default_loggers(save_dir: str = "runs") -> list[dict[str, Any]]:
     return loggers
 
 
+def _is_default_logger(logger: Any) -> bool:
+    """Whether a parsed logger entry is one of :func:`default_loggers` as set by default."""
+    defaults = {(d["class_path"], d["init_args"]["name"]) for d in default_loggers()}
+    init_args = getattr(logger, "init_args", None)
+    return (
+        init_args is not None
+        and (getattr(logger, "class_path", None), init_args.get("name")) in defaults
+        and init_args.get("save_dir") == "runs"
+    )
+
+
 class L2BNLightningCLI(LightningCLI):
     """LightningCLI for the classification pipelines (see the module docstring)."""
 
@@ -99,6 +111,18 @@ class L2BNLightningCLI(LightningCLI):
             parser.link_arguments(f"data.{source}", f"model.init_args.{source}", apply_on="instantiate")
         parser.add_argument("--test_after_fit", type=bool, default=False, help="fit: test the best checkpoint at the end")
         parser.set_defaults({"trainer.logger": default_loggers()})
+
+    def before_instantiate_classes(self) -> None:
+        """Points the default loggers (given no ``--trainer.logger``) at ``--trainer.default_root_dir``
+        when one is set, as Lightning's own default logger follows it."""
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        trainer = config.get("trainer")
+        root = trainer.get("default_root_dir") if trainer is not None else None
+        loggers = trainer.get("logger") if trainer is not None else None
+        if root is None or not isinstance(loggers, list) or not all(_is_default_logger(lg) for lg in loggers):
+            return
+        for logger in loggers:
+            logger.init_args.save_dir = str(root)
 
     def _parse_ckpt_path(self) -> None:
         """Refuses a ``--ckpt_path`` whose architecture or norm contradicts the given options,

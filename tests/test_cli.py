@@ -46,3 +46,34 @@ def test_fast_dev_run_writes_nothing_into_the_working_directory(tmp_path, monkey
                 "--test_after_fit", "true"])
     assert cli.trainer.state.finished
     assert list(tmp_path.iterdir()) == []
+
+
+FIT_QUICK = ["fit", "--model", "models.ImageClassifier", "--model.arch", "small_cnn", "--data", "datamodules.DigitsDataModule",
+             "--trainer.accelerator", "cpu", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+             "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false"]
+
+
+def test_default_loggers_follow_default_root_dir(tmp_path, monkeypatch):
+    """Logs, config and checkpoints go under --trainer.default_root_dir; nothing into the working folder."""
+    cwd, root = tmp_path / "cwd", tmp_path / "job"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    cli = main([*FIT_QUICK, "--trainer.default_root_dir", str(root)])
+    assert list(cwd.iterdir()) == []
+    run = root / "csv" / "version_0"
+    assert (run / "metrics.csv").is_file() and (run / "config.yaml").is_file()
+    assert list((run / "checkpoints").glob("*.ckpt"))
+    assert cli.trainer.log_dir == str(run)
+
+
+def test_default_loggers_write_to_runs_without_default_root_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    main(FIT_QUICK)
+    assert (tmp_path / "runs" / "csv" / "version_0" / "metrics.csv").is_file()
+
+
+def test_an_explicit_logger_keeps_its_own_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    logger = '{"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": "mine"}}'
+    main([*FIT_QUICK, "--trainer.default_root_dir", str(tmp_path / "job"), "--trainer.logger", logger])
+    assert (tmp_path / "mine" / "lightning_logs" / "version_0" / "metrics.csv").is_file()
