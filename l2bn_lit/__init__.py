@@ -2,14 +2,16 @@
 
 Wang et al., "L2BN: Enhancing Batch Normalization by Equalizing the L2 Norms of Features",
 arXiv 2207.02625.
+
+Layout, from the bottom up: :mod:`l2bn_lit.nn` (the layer family, torch only) -> ``models/`` ->
+:mod:`l2bn_lit.module` (the LightningModule) -> :mod:`l2bn_lit.cli` and the tools (sweep, results,
+analysis, dcase, complexity; ``python -m l2bn_lit`` / ``l2bn``). Importing ``l2bn_lit`` loads the
+layer family only.
 """
 
 from typing import Any
 
-from .functional import l2_batch_norm
-from .layers import L2BN1d, L2BN2d, L2BN3d
-from .norms import NORM_KINDS, convert_norm, create_norm, get_norm_layer
-from .sync import SyncL2BN
+from .nn import NORM_KINDS, L2BN1d, L2BN2d, L2BN3d, SyncL2BN, convert_norm, create_norm, get_norm_layer, l2_batch_norm
 
 __all__ = [
     "L2BN1d",

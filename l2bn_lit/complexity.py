@@ -1,7 +1,7 @@
 """Model complexity for deployment limits (DCASE's low-complexity tracks): parameters and the
 multiply-accumulates for one input, counted by ``torch.utils.flop_counter`` (not by hand).
 
-    python -m l2bn_lit.complexity --config configs/<x>.yaml [other CLI options]
+    l2bn complexity --config configs/<x>.yaml [other CLI options]     (or: python -m l2bn_lit complexity ...)
 
 The CLI also writes ``complexity.json`` into every run folder at the start of fit.
 """
@@ -9,7 +9,6 @@ The CLI also writes ``complexity.json`` into every run folder at the start of fi
 from __future__ import annotations
 
 import json
-import sys
 
 import pytorch_lightning as pl
 import torch
@@ -18,7 +17,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .module import run_folder
 
-__all__ = ["ComplexityReport", "complexity_report", "main"]
+__all__ = ["ComplexityReport", "complexity_report"]
 
 
 def complexity_report(model: nn.Module, input_shape: list[int]) -> dict[str, int]:
@@ -52,17 +51,3 @@ class ComplexityReport(pl.Callback):
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "complexity.json").write_text(json.dumps(report, indent=2))
 
-
-def main(args: list[str] | None = None) -> dict[str, int]:
-    """Builds the model of a CLI config (no data is loaded beyond what the datamodule's
-    constructor reads) and prints its complexity."""
-    from .cli import main as cli_main
-
-    cli = cli_main(list(sys.argv[1:] if args is None else args), run=False)
-    report = complexity_report(cli.model, list(cli.model.hparams.input_shape))
-    print(json.dumps({"model": type(cli.model).__name__, **dict(cli.model.hparams), **report}, indent=2, default=str))
-    return report
-
-
-if __name__ == "__main__":
-    main()

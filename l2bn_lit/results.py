@@ -69,12 +69,12 @@ def summary_table(runs: pd.DataFrame, metrics: str | Sequence[str] = "test/acc",
     return pd.DataFrame(rows)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder")
     parser.add_argument("--metric", default="test/acc")
     parser.add_argument("--csv", help="also write the per-run table here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     runs = collect_runs(args.folder, args.metric)
     print(runs.drop(columns="run").to_markdown(index=False))
     print()

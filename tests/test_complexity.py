@@ -7,7 +7,8 @@ from pathlib import Path
 
 from torch import nn
 
-from l2bn_lit.complexity import complexity_report, main
+from l2bn_lit.__main__ import complexity
+from l2bn_lit.complexity import complexity_report
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -22,7 +23,7 @@ def test_counts_match_a_hand_computation():
 
 
 def test_command_prints_the_configs_model(capsys):
-    report = main(["--config", str(ROOT / "configs" / "cifar10_resnet20.yaml"), "--data.init_args.root", "unused"])
+    report = complexity(["--config", str(ROOT / "configs" / "cifar10_resnet20.yaml"), "--data.init_args.root", "unused"])
     out = capsys.readouterr().out
     printed = json.loads(out[out.index("{") :])
     assert printed["parameters"] == report["parameters"] == 272474

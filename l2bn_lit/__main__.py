@@ -1,0 +1,56 @@
+"""The project's commands behind one entry point: the ``l2bn`` console script, or ``python -m l2bn_lit``.
+
+    l2bn fit|validate|test|predict --config configs/<x>.yaml [...]   LightningCLI (as python cli.py ...)
+    l2bn sweep --config ... --norms bn l2bn --seeds 0 1 2 [...]    norm x seed sweeps (l2bn_lit.sweep)
+    l2bn results FOLDER [--metric test/acc]                        collect finished runs (l2bn_lit.results)
+    l2bn complexity --config configs/<x>.yaml [...]                parameters and MACs of a config's model
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+TOOLS = ("sweep", "results", "complexity")
+
+
+def complexity(argv: list[str]) -> dict[str, int]:
+    """Builds the model of a CLI config (no data is loaded beyond what the datamodule's constructor
+    reads) and prints its complexity (:func:`l2bn_lit.complexity.complexity_report`)."""
+    from .cli import main as cli_main
+    from .complexity import complexity_report
+
+    cli = cli_main(argv, run=False)
+    report = complexity_report(cli.model, list(cli.model.hparams.input_shape))
+    print(json.dumps({"model": type(cli.model).__name__, **dict(cli.model.hparams), **report}, indent=2, default=str))
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    command, rest = argv[0], argv[1:]
+    if command in SUBCOMMANDS:
+        from .cli import main as cli_main
+
+        sys.argv = ["l2bn", command, *rest]  # LightningCLI reads sys.argv (and warns when given both)
+        cli_main()
+    elif command == "sweep":
+        from .sweep import main as sweep_main
+
+        sweep_main(rest)
+    elif command == "results":
+        from .results import main as results_main
+
+        results_main(rest)
+    elif command == "complexity":
+        complexity(rest)
+    else:
+        raise SystemExit(f"l2bn: unknown command {command!r}; choose one of {', '.join(SUBCOMMANDS + TOOLS)} (l2bn --help)")
+
+
+if __name__ == "__main__":
+    main()

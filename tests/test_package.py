@@ -1,0 +1,76 @@
+"""The package's shape: the layer family imports nothing of Lightning or the pipelines; the tools sit
+above the CLI (no import circle); one console entry point runs every command."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "l2bn_lit"
+
+
+def _run(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+
+def test_the_layer_family_loads_without_lightning_or_the_pipelines():
+    result = _run(
+        "import sys, l2bn_lit, l2bn_lit.nn\n"
+        "from l2bn_lit import L2BN2d, SyncL2BN, convert_norm, l2_batch_norm\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('pytorch_lightning', 'lightning', 'lightning_fabric',\n"
+        "             'datamodules', 'models', 'torchmetrics') or m in ('l2bn_lit.module', 'l2bn_lit.cli'))\n"
+        "print(bad); assert not bad"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _imports(path: Path) -> set[str]:
+    """Modules a file imports: absolute names, and relative ones resolved inside ``l2bn_lit``."""
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            names.add(".".join(filter(None, [base, node.module or ""])))
+    return names
+
+
+def test_nn_imports_only_torch_and_itself():
+    for path in (PACKAGE / "nn").glob("*.py"):
+        outside = {n for n in _imports(path) if not n.startswith(("l2bn_lit.nn", "torch", "__future__", "math", "typing",
+                                                                 "collections", "itertools", "functools"))}
+        assert not outside, f"{path.name} imports {outside}"
+
+
+def test_no_module_of_the_application_imports_the_cli_except_the_entry_points():
+    users = sorted(p.name for p in PACKAGE.glob("*.py") if "l2bn_lit.cli" in _imports(p))
+    assert users == ["__main__.py"], users
+
+
+def test_entry_point_runs_every_command():
+    help_text = subprocess.run([sys.executable, "-m", "l2bn_lit", "--help"], capture_output=True, text=True, cwd=ROOT,
+                               timeout=120).stdout
+    for command in ("fit", "sweep", "results", "complexity"):
+        assert f"l2bn {command}" in help_text
+    unknown = subprocess.run([sys.executable, "-m", "l2bn_lit", "train"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert unknown.returncode != 0 and "unknown command 'train'" in unknown.stderr
+    fit = subprocess.run([sys.executable, "-m", "l2bn_lit", "fit", "--config", "configs/quickstart.yaml", "--trainer.fast_dev_run",
+                          "true", "--trainer.enable_progress_bar", "false"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert fit.returncode == 0, fit.stderr[-2000:]
+    assert "test/acc" in fit.stdout
+
+
+def test_console_script_is_installed():
+    script = shutil.which("l2bn")
+    if script is None:
+        pytest.skip("the l2bn console script is installed by pip install -e .")
+    out = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120).stdout
+    assert "l2bn sweep" in out
