@@ -8,7 +8,7 @@
 - ``--trainer.sync_batchnorm true`` installs :class:`l2bn_lit.L2BNLayerSync` (Lightning's own flag
   would silently turn L2BN into plain SyncBatchNorm);
 - a CSV logger always, TensorBoard as well when installed, the Rich progress bar, and checkpoints of
-  the best (by ``val/acc``) and the last epoch; the resolved config is saved in the run folder. The
+  the best (by ``val/acc``, ties broken by the lower ``val/loss``) and the last epoch; the resolved config is saved in the run folder. The
   default loggers write under ``--trainer.default_root_dir`` when it is given, else under ``runs/``;
 - ``--ckpt_path`` with options that contradict the checkpoint's architecture, norm or front-end is
   an error;
@@ -32,6 +32,7 @@ from pytorch_lightning.plugins.layer_sync import LayerSync
 
 from datamodules.base import ClassificationDataModule
 
+from .checkpoint import TieBreakingCheckpoint
 from .complexity import ComplexityReport
 from .layer_sync import L2BNLayerSync
 from .module import CheckpointMismatchError, ClassificationModule, architecture_mismatches
@@ -181,7 +182,7 @@ def main(args: list[str] | None = None, run: bool = True) -> L2BNLightningCLI:
         save_config_kwargs={"overwrite": True},
         trainer_defaults={
             "callbacks": [
-                ModelCheckpoint(monitor="val/acc", mode="max", save_last=True, filename="best-{epoch}"),
+                TieBreakingCheckpoint(monitor="val/acc", mode="max", save_last=True, filename="best-{epoch}"),
                 ComplexityReport(),
             ]
         },
