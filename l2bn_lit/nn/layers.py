@@ -28,7 +28,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .functional import l2_batch_norm
 
-__all__ = ["L2BN1d", "L2BN2d", "L2BN3d"]
+__all__ = ["L2BN1d", "L2BN2d", "L2BN3d", "L2BNAct2d"]
 
 
 def _check_rank(input: Tensor, ranks: tuple[int, ...] | None) -> None:
@@ -140,3 +140,26 @@ class L2BN3d(_L2BNBase):
     """L2BN over a 5D ``(N, C, D, H, W)`` input. Output: same shape."""
 
     _ranks = (5,)
+
+
+class L2BNAct2d(L2BN2d):
+    """L2BN2d, then ``drop``, then ``act``: the L2BN counterpart of timm's ``BatchNormAct2d`` (norm +
+    dropout/drop-block + activation in one module, as EfficientNet, MobileNetV3 and RegNet are built).
+
+    The state-dict keys are ``BatchNormAct2d``'s (the norm's own, plus whatever ``drop`` and ``act``
+    hold), so timm checkpoints load into the converted model and back. Input and output
+    ``(N, C, H, W)``.
+
+    Args:
+        num_features, **kwargs: :class:`L2BN2d`'s arguments.
+        act: the activation module (default: identity).
+        drop: the module between norm and activation (default: identity).
+    """
+
+    def __init__(self, num_features: int, act: torch.nn.Module | None = None, drop: torch.nn.Module | None = None, **kwargs: Any) -> None:
+        super().__init__(num_features, **kwargs)
+        self.drop = drop if drop is not None else torch.nn.Identity()
+        self.act = act if act is not None else torch.nn.Identity()
+
+    def forward(self, input: Tensor) -> Tensor:
+        return self.act(self.drop(super().forward(input)))

@@ -18,7 +18,7 @@ from functools import partial
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .layers import L2BN1d, L2BN2d, L2BN3d, _L2BNBase
+from .layers import L2BN1d, L2BN2d, L2BN3d, L2BNAct2d, _L2BNBase
 from .sync import SyncL2BN, replace_modules, transfer_norm_state
 
 __all__ = ["NORM_KINDS", "get_norm_layer", "create_norm", "convert_norm"]
@@ -97,7 +97,10 @@ def _rank_of(module: _BatchNorm) -> int | None:
 def convert_norm(model: nn.Module, kind: str, **options) -> nn.Module:
     """Swaps every batch-norm layer of ``model`` for ``kind`` ("l2bn" or "bn"), in place.
 
-    BatchNorm1d/2d/3d become L2BN1d/2d/3d (and back), SyncBatchNorm becomes SyncL2BN (and back).
+    BatchNorm1d/2d/3d become L2BN1d/2d/3d (and back), SyncBatchNorm becomes SyncL2BN (and back), and
+    timm's ``BatchNormAct2d`` (norm + drop + activation, in EfficientNet, MobileNetV3, RegNet, ...)
+    becomes :class:`L2BNAct2d` with the same ``drop`` and ``act`` modules (and back; timm is needed
+    only for that way back).
     Parameters, running statistics, ``num_batches_tracked``, ``eps``, ``momentum``, ``affine``,
     ``track_running_stats``, device, dtype and train/eval mode are kept; the parameters are the same
     ``nn.Parameter`` objects. ``options`` set L2BN's own options (``l2_eps``, ``rescale``).
@@ -123,14 +126,17 @@ def convert_norm(model: nn.Module, kind: str, **options) -> nn.Module:
         if type(module) in (nn.SyncBatchNorm, SyncL2BN):
             target = SyncL2BN if kind == "l2bn" else nn.SyncBatchNorm
             extra = {"process_group": module.process_group}
+        elif type(module) is L2BNAct2d or _is_timm_batch_norm_act(module):
+            target = L2BNAct2d if kind == "l2bn" else _timm_batch_norm_act()
+            extra = {"act": module.act, "drop": module.drop} if kind == "l2bn" else {"apply_act": False}
         else:
             rank = _rank_of(module)
             if rank is None:
                 raise TypeError(
                     f"convert_norm cannot convert {type(module).__qualname__}: only BatchNorm1d/2d/3d, "
                     "SyncBatchNorm and the L2BN classes themselves are converted, since a subclass may "
-                    "add behaviour that the swap would silently drop (timm's BatchNormAct2d carries an "
-                    "activation, Lightning's _BatchNormXd has no fixed rank); replace such layers "
+                    "add behaviour that the swap would silently drop (Lightning's _BatchNormXd has no "
+                    "fixed rank); timm's BatchNormAct2d is converted, its subclasses are not; replace such layers "
                     "explicitly, e.g. with get_norm_layer('l2bn')"
                 )
             target = (_L2BN if kind == "l2bn" else _BN)[rank]
@@ -138,6 +144,23 @@ def convert_norm(model: nn.Module, kind: str, **options) -> nn.Module:
         if kind == "l2bn":
             keep = {"l2_eps": module.l2_eps, "rescale": module.rescale} if is_l2bn else {}
             extra.update(keep | options)
-        return transfer_norm_state(module, target, **extra)
+        converted = transfer_norm_state(module, target, **extra)
+        if kind == "bn" and type(module) is L2BNAct2d:
+            converted.act, converted.drop = module.act, module.drop
+        return converted
 
     return replace_modules(model, swap)
+
+
+def _is_timm_batch_norm_act(module: nn.Module) -> bool:
+    """timm's ``BatchNormAct2d`` itself (not its subclasses), recognized without importing timm."""
+    cls = type(module)
+    return cls.__name__ == "BatchNormAct2d" and cls.__module__.startswith("timm.")
+
+
+def _timm_batch_norm_act() -> type[_BatchNorm]:
+    try:
+        from timm.layers import BatchNormAct2d
+    except ImportError as error:
+        raise ImportError("converting L2BNAct2d back to BatchNormAct2d needs timm: pip install timm") from error
+    return BatchNormAct2d
