@@ -3,7 +3,11 @@ shared :class:`l2bn_lit.module.ClassificationModule`."""
 
 from __future__ import annotations
 
+import itertools
+from typing import Any
+
 from torch import nn
+from torch.optim.swa_utils import update_bn
 
 from l2bn_lit.module import ClassificationModule
 
@@ -18,20 +22,66 @@ class ImageClassifier(ClassificationModule):
 
     Args:
         num_classes, input_shape: linked from the datamodule by the CLI.
-        arch: a name from :data:`models.ARCHITECTURES` or ``torchvision.<model name>``.
+        arch: a name from :data:`models.ARCHITECTURES`, ``torchvision.<model name>`` or ``timm.<model name>``.
+        pretrained: for ``torchvision.``/``timm.`` archs: ``default`` (the library's weights) or the path
+            of a saved state dict (see :func:`models.build_model`).
+        recalibration_batches: with pretrained weights and ``norm: l2bn``, the running statistics are
+            re-estimated on this many training batches before the first training step or evaluation.
+            Pretrained BN statistics describe BN's input; L2BN normalizes the l2-normalized input, whose
+            scale is about ``1/sqrt(D)`` of it, so the old statistics would be off by that factor.
+            ``torch.optim.swa_utils.update_bn`` does the re-estimation (a cumulative average).
         **kwargs: :class:`~l2bn_lit.module.ClassificationModule`'s options (norm, optimizer, ...).
     """
 
     architecture_keys = (*ClassificationModule.architecture_keys, "arch")
 
     def __init__(
-        self, num_classes: int, input_shape: list[int] | None = None, arch: str = "resnet20", **kwargs
+        self,
+        num_classes: int,
+        input_shape: list[int] | None = None,
+        arch: str = "resnet20",
+        pretrained: str | None = None,
+        recalibration_batches: int = 100,
+        **kwargs,
     ) -> None:
         if kwargs.get("sample_rate") is not None:
             raise ValueError("ImageClassifier takes image data; the datamodule provides audio (sample_rate is set)")
         super().__init__(num_classes=num_classes, input_shape=input_shape, **kwargs)
+        self.norm_stats_ready = not (pretrained is not None and self.hparams.norm == "l2bn")
 
     def build_network(self) -> nn.Module:
         hp = self.hparams
         in_channels = hp.input_shape[0] if hp.input_shape else 3
-        return build_model(hp.arch, hp.num_classes, in_channels, hp.norm, hp.norm_options)
+        return build_model(hp.arch, hp.num_classes, in_channels, hp.norm, hp.norm_options, hp.pretrained)
+
+    def recalibrate_norms(self) -> None:
+        """Re-estimates the running statistics of pretrained norms converted to L2BN (once)."""
+        if self.norm_stats_ready:
+            return
+        datamodule = self.trainer.datamodule
+        if datamodule is None:
+            raise ValueError("pretrained weights with norm l2bn need a datamodule: its training batches re-estimate the norms' statistics")
+        if datamodule.train_set is None:
+            datamodule.setup("fit")
+        batches = itertools.islice(datamodule.train_dataloader(), self.hparams.recalibration_batches)
+        update_bn((self._apply_batch_transfer_handler(batch)[0] for batch in batches), self.network)
+        self.norm_stats_ready = True
+
+    def on_fit_start(self) -> None:
+        self.recalibrate_norms()
+
+    def on_test_start(self) -> None:
+        self.recalibrate_norms()
+
+    def on_validation_start(self) -> None:
+        self.recalibrate_norms()
+
+    def on_predict_start(self) -> None:
+        self.recalibrate_norms()
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["norm_stats_ready"] = self.norm_stats_ready
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self.norm_stats_ready = checkpoint.get("norm_stats_ready", True)  # a trained checkpoint's statistics are its own
