@@ -4,6 +4,7 @@ normalization as the decoded pipeline, exact resume, DDP shards, the uint8 cache
 from __future__ import annotations
 
 import itertools
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 from PIL import Image
+from distributed import run_distributed
 from test_image_data import _write_image_folder, cifar_root  # noqa: F401  (fixture)
 from torch.utils.data import DistributedSampler
 from torchvision.transforms import v2
@@ -174,3 +176,42 @@ def test_ddp_shards_are_disjoint_and_complete(tmp_path):
             seen.append(chunk.indices)
     seen = torch.cat(seen).sort().values
     assert torch.equal(seen, torch.tensor(sorted(loader.dataset.indices)))
+
+
+class _TinyRecording(_Tiny):
+    """Keeps the sample indices of each training batch as the DataLoader delivered them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: list[int] = []
+
+    def on_before_batch_transfer(self, batch, dataloader_idx):
+        if isinstance(batch, IndexBatch) and batch.split == "train":
+            self.seen += batch.indices.tolist()
+        return batch
+
+
+def _ddp_rank(rank: int, world_size: int, root: str) -> np.ndarray:
+    """One rank of a Lightning DDP fit (launched outside Lightning, as torchrun would) on the on_device
+    pipeline; returns the training indices this rank saw in its one epoch."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="0", WORLD_SIZE=str(world_size), RANK=str(rank),
+                      LOCAL_RANK=str(rank), NODE_RANK="0")
+    trainer = pl.Trainer(accelerator="cpu", devices=world_size, strategy="ddp", max_epochs=1, logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         limit_val_batches=0)
+    # 22 training images: 11 per rank, one batch of 11 each (nothing dropped)
+    dm = ImageFolderDataModule(root, test_split="test", image_size=40, transforms="cifar", on_device=True, batch_size=11)
+    model = _TinyRecording()
+    trainer.fit(model, datamodule=dm)
+    return np.array(model.seen)
+
+
+def test_lightning_ddp_ranks_train_on_disjoint_shards_that_cover_the_split(tmp_path):
+    root = _write_image_folder(tmp_path / "data", per_class=(8, 3))
+    shards = run_distributed(_ddp_rank, 2, str(root), timeout=240)
+    dm = ImageFolderDataModule(str(root), test_split="test", image_size=40, transforms="cifar", on_device=True)
+    dm.setup("fit")
+    train = sorted(dm.train_set.indices)
+    seen = [set(shard.tolist()) for shard in shards]
+    assert seen[0] and seen[1] and not seen[0] & seen[1]
+    assert sorted(seen[0] | seen[1]) == train
