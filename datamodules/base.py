@@ -127,8 +127,14 @@ class ClassificationDataModule(pl.LightningDataModule):
     def _loader(self, dataset: Dataset | None, shuffle: bool, **overrides) -> DataLoader:
         """The split's DataLoader; ``overrides`` replace its keyword arguments."""
         assert dataset is not None, "call setup() first"
-        # under DDP Lightning replaces the sampler with a (seeded, epoch-aware) DistributedSampler
-        sampler = EpochShuffleSampler(len(dataset), torch.initial_seed()) if shuffle else None
+        sampler = None
+        if shuffle:
+            # Under DDP Lightning wraps this sampler and gives rank r every world_size-th index of its
+            # order, so every rank must draw the same order: rank 0's seed, also when no seed was set.
+            seed = torch.initial_seed()
+            if self.trainer is not None and self.trainer.world_size > 1:
+                seed = self.trainer.strategy.broadcast(seed)
+            sampler = EpochShuffleSampler(len(dataset), seed)
         num_workers = overrides.pop("num_workers", None)
         num_workers = self.loader_workers() if num_workers is None else num_workers
         pin_memory = _on_gpu(self.trainer) if self.pin_memory is None else self.pin_memory
