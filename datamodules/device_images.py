@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
@@ -146,10 +147,8 @@ class DeviceImages:
         return gathered * inside[:, None].to(gathered.dtype)
 
 
-def _read_rgb(path: str, size: int) -> np.ndarray:
-    from .images import _load_rgb  # the decoded pipeline's loader and its named-file error
-
-    image = _load_rgb(path)
+def _read_rgb(path: str, size: int, load: Callable[[str], Image.Image]) -> np.ndarray:
+    image = load(path)
     if image.size != (size, size):
         raise ValueError(
             f"image {path} is {image.size[0]}x{image.size[1]}, not {size}x{size}: on_device keeps every image as "
@@ -159,22 +158,24 @@ def _read_rgb(path: str, size: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8)
 
 
-def decode_images(paths: Sequence[str], size: int, workers: int | None = None) -> np.ndarray:
-    """Decodes ``paths`` (RGB, all ``size`` x ``size``) into uint8 ``(N, 3, size, size)``, in
-    parallel threads (PIL releases the GIL while it decodes)."""
+def decode_images(
+    paths: Sequence[str], size: int, load: Callable[[str], Image.Image], workers: int | None = None
+) -> np.ndarray:
+    """Decodes ``paths`` with ``load`` (path -> RGB PIL image, all ``size`` x ``size``) into uint8
+    ``(N, 3, size, size)``, in parallel threads (PIL releases the GIL while it decodes)."""
     workers = workers or min(32, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
     out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
 
     def decode(i: int) -> None:
-        out[i] = _read_rgb(paths[i], size).transpose(2, 0, 1)
+        out[i] = _read_rgb(paths[i], size, load).transpose(2, 0, 1)
 
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(decode, range(len(paths)), chunksize=256))
     return out
 
 
-def image_cache(folder: Path, split: str, root: Path, files: list[str], size: int) -> Path:
-    """The cache file of ``files`` (relative to ``root``); built by decoding them when missing."""
+def image_cache(folder: Path, split: str, root: Path, files: list[str], size: int, load: Callable[[str], Image.Image]) -> Path:
+    """The cache file of ``files`` (relative to ``root``); built by decoding them with ``load`` when missing."""
     path = feature_cache_path(folder, split, {"kind": "uint8 RGB (N, 3, H, W)", "size": size}, root, files)
     if path.is_file():
         return path
@@ -182,7 +183,7 @@ def image_cache(folder: Path, split: str, root: Path, files: list[str], size: in
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(path.stem + f".partial-{os.getpid()}.npy")
         log.info("decoding %d images of %s into %s", len(files), root / split, path)
-        np.save(partial, decode_images([str(root / f) for f in files], size))
+        np.save(partial, decode_images([str(root / f) for f in files], size, load))
     except PermissionError as error:
         raise PermissionError(
             f"cannot write the on_device image cache into {path.parent}: set --data.init_args.cache_dir to a writable folder"

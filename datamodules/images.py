@@ -78,21 +78,21 @@ class ImageDataModule(ClassificationDataModule):
         arrays and class indices, for the device-resident pipeline."""
         raise NotImplementedError(f"{type(self).__name__} has no device-resident pipeline")
 
-    def setup(self, stage: str | None = None) -> None:
+    def build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
+        """The decoded datasets, or in device mode the index datasets over the uint8 arrays (the base
+        class carves the same seeded validation split out of either)."""
         if not self.on_device:
-            super().setup(stage)
-            return
-        if self.train_set is not None:
-            return
+            return self.decoded_datasets()
         (train_x, train_y), (test_x, test_y) = self.load_uint8()
         train = DeviceImages(torch.as_tensor(train_x), torch.as_tensor(train_y), self.mean, self.std)
         test = DeviceImages(torch.as_tensor(test_x), torch.as_tensor(test_y), self.mean, self.std)
         self.device_images = {"train": train, "train_eval": train, "test": test}
         self.seed = torch.initial_seed()  # the augmentation key, as the training sampler's
-        train_idx, val_idx = self.split_indices(len(train))
-        self.train_set = Subset(IndexDataset(len(train), "train"), train_idx)
-        self.val_set = Subset(IndexDataset(len(train), "train_eval"), val_idx)
-        self.test_set = IndexDataset(len(test), "test")
+        return IndexDataset(len(train), "train"), IndexDataset(len(train), "train_eval"), IndexDataset(len(test), "test")
+
+    def decoded_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
+        """``(train, train_with_eval_transforms, test)`` of decoded, per-sample transformed images."""
+        raise NotImplementedError
 
     def _loader(self, dataset: Dataset | None, shuffle: bool, **overrides) -> DataLoader:
         if self.on_device:
@@ -147,7 +147,7 @@ class CIFARDataModule(ImageDataModule):
                 "download it there, or point --data.init_args.root at the folder that holds it."
             ) from error
 
-    def build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
+    def decoded_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
         train_tf, eval_tf = build_transforms("cifar", 32, self.mean, self.std)
         return self._open(True, train_tf), self._open(True, eval_tf), self._open(False, eval_tf)
 
@@ -236,7 +236,7 @@ class ImageFolderDataModule(ImageDataModule):
             )
         return train_dir, test_dir
 
-    def build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
+    def decoded_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
         train_tf, eval_tf = build_transforms(self.transforms, self.image_size, self.mean, self.std)
         train_dir, test_dir = self._check_test_classes()
         train = datasets.ImageFolder(str(train_dir), transform=train_tf, loader=_load_rgb)
@@ -255,7 +255,7 @@ class ImageFolderDataModule(ImageDataModule):
         folder = self._folder_dataset(split)
         root = Path(self.root)
         files = [str(Path(path).relative_to(root)) for path, _ in folder.samples]
-        path = image_cache(Path(self.cache_dir or self.root) / ".l2bn_cache", split, root, files, self.image_size)
+        path = image_cache(Path(self.cache_dir or self.root) / ".l2bn_cache", split, root, files, self.image_size, _load_rgb)
         return np.load(path), list(folder.targets)
 
     def load_uint8(self) -> tuple[tuple[Any, Any], tuple[Any, Any]]:

@@ -128,9 +128,8 @@ def _grad_sums(grad: Tensor, x: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
         return grad.to(m.dtype), grad.to(m.dtype) * (x.to(m.dtype) - m)
     x_rows = _as_rows(x)
     spatial = tuple(range(2, x.dim()))
-    if torch.compiler.is_compiling():  # inductor fuses both sums into one reduction
-        return grad.sum(spatial, dtype=m.dtype), (grad * torch.sub(x, _expand(m, x).to(x.dtype))).sum(spatial, dtype=m.dtype)
-    if x_rows is not None:
+    compiling = torch.compiler.is_compiling()  # then the centred sums below: inductor fuses them into one reduction
+    if x_rows is not None and not compiling:
         # Batch norm's fused backward reduction on the (1, N*C, S) view: one pass over (grad, x).
         g_rows = grad.contiguous().view_as(x_rows)
         ones = torch.ones(n * c, dtype=m.dtype, device=x.device)
@@ -142,7 +141,7 @@ def _grad_sums(grad: Tensor, x: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
             )
         return g_sum.view(n, c), g_xc.view(n, c)
     g_sum = grad.sum(spatial, dtype=m.dtype)
-    if x.dtype == m.dtype:  # channels_last: sum(grad * x) - m * sum(grad)
+    if x.dtype == m.dtype and not compiling:  # channels_last: sum(grad * x) - m * sum(grad)
         return g_sum, (grad * x).sum(spatial).sub_(m * g_sum)
     return g_sum, (grad * torch.sub(x, _expand(m, x).to(x.dtype))).sum(spatial, dtype=m.dtype)
 
