@@ -62,7 +62,9 @@ class ClassificationDataModule(pl.LightningDataModule):
     Args:
         root: folder holding (or receiving) the data.
         batch_size: samples per batch (per process under DDP).
-        val_fraction: share of the training set held out for validation (seeded).
+        val_fraction: share of the training set held out for validation (seeded). 0 trains on the
+            whole training set without validation (the final-run protocol): model selection then
+            has nothing to choose from, and the last epoch's weights are the ones tested.
         split_seed: seed of that split; the same seed gives the same split on every machine.
         num_workers: DataLoader worker processes; ``None`` (the default) picks
             :func:`default_num_workers`: 0 when training on the CPU, else a share of the cores.
@@ -88,8 +90,8 @@ class ClassificationDataModule(pl.LightningDataModule):
         persistent_workers: bool = False,
     ) -> None:
         super().__init__()
-        if not 0 < val_fraction < 1:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+        if not 0 <= val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1) (0: no validation set), got {val_fraction}")
         self.root = root
         self.batch_size = batch_size
         self.val_fraction = val_fraction
@@ -108,8 +110,13 @@ class ClassificationDataModule(pl.LightningDataModule):
     def split_indices(self, size: int) -> tuple[list[int], list[int]]:
         """``(train, validation)`` indices into the training set: a seeded random split."""
         order = torch.randperm(size, generator=torch.Generator().manual_seed(self.split_seed)).tolist()
-        n_val = max(1, round(self.val_fraction * size))
+        n_val = self.held_out_count(size)
         return order[n_val:], order[:n_val]
+
+    def held_out_count(self, size: int) -> int:
+        """How many of ``size`` items (samples, or recording locations) validation takes: at least
+        one, none when ``val_fraction`` is 0."""
+        return max(1, round(self.val_fraction * size)) if self.val_fraction > 0 else 0
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
@@ -117,7 +124,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         train, train_eval, test = self.build_datasets()
         train_idx, val_idx = self.split_indices(len(train))
         self.train_set = Subset(train, train_idx)
-        self.val_set = Subset(train_eval, val_idx)
+        self.val_set = Subset(train_eval, val_idx) if val_idx else None
         self.test_set = test
 
     def loader_workers(self) -> int:
@@ -151,8 +158,9 @@ class ClassificationDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_set, shuffle=True)
 
-    def val_dataloader(self) -> DataLoader:
-        return self._loader(self.val_set, shuffle=False)
+    def val_dataloader(self) -> DataLoader | list:
+        """The validation loader; ``[]`` (Lightning then skips validation) when ``val_fraction`` is 0."""
+        return [] if self.val_fraction == 0 else self._loader(self.val_set, shuffle=False)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, shuffle=False)

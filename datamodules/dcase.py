@@ -169,7 +169,7 @@ class TAUScenesDataModule(ClassificationDataModule):
             return super().split_indices(size)
         locations = sorted(self.train_table["identifier"].unique())
         order = torch.randperm(len(locations), generator=torch.Generator().manual_seed(self.split_seed)).tolist()
-        held_out = {locations[i] for i in order[: max(1, round(self.val_fraction * len(locations)))]}
+        held_out = {locations[i] for i in order[: self.held_out_count(len(locations))]}
         is_val = self.train_table["identifier"].isin(held_out).to_numpy()
         return np.flatnonzero(~is_val).tolist(), np.flatnonzero(is_val).tolist()
 

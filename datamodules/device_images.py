@@ -118,13 +118,23 @@ class DeviceImages:
         return self
 
     def batch(
-        self, indices: Tensor, augment: bool = False, epoch: int = 0, seed: int = 0, padding: int = 4
+        self,
+        indices: Tensor,
+        augment: bool = False,
+        epoch: int = 0,
+        seed: int = 0,
+        padding: int = 4,
+        crop_per_batch: bool = False,
     ) -> tuple[Tensor, Tensor]:
         """``(images float32 (B, C, H, W), labels (B,))`` for ``indices`` (on this object's device),
-        randomly cropped (``padding``) and flipped when ``augment``."""
+        randomly cropped (``padding``) and flipped when ``augment``; ``crop_per_batch``: every sample
+        takes the first one's crop offset (flips stay per sample)."""
         self.to(indices.device)
         if augment:
-            images = self._crop_flip(indices, *crop_flip_params(indices, epoch, seed, padding), padding)
+            top, left, flip = crop_flip_params(indices, epoch, seed, padding)
+            if crop_per_batch:
+                top, left = top[:1].expand_as(top), left[:1].expand_as(left)
+            images = self._crop_flip(indices, top, left, flip, padding)
         else:
             images = self.images[indices]
         return torch.addcmul(-self.shift, images.float(), self.scale), self.labels[indices]

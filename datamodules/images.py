@@ -61,16 +61,21 @@ class ImageDataModule(ClassificationDataModule):
             per batch (:mod:`datamodules.device_images`); the DataLoader then carries only indices
             (no workers). For small fixed-size images (CIFAR, TinyImageNet) with ``cifar`` transforms.
         padding: the random crop's zero padding in device mode (the ``cifar`` recipe's 4).
+        crop_per_batch: device mode: one crop offset per batch instead of one per sample (flips stay
+            per sample), as some minimal GPU training scripts crop; an ablation switch, off by default.
         **kwargs: :class:`~datamodules.base.ClassificationDataModule` options.
     """
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
-    def __init__(self, root: str, on_device: bool = False, padding: int = 4, **kwargs) -> None:
+    def __init__(self, root: str, on_device: bool = False, padding: int = 4, crop_per_batch: bool = False, **kwargs) -> None:
         super().__init__(root=root, **kwargs)
+        if crop_per_batch and not on_device:
+            raise ValueError("crop_per_batch is a device-mode option: set on_device: true as well")
         self.on_device = on_device
         self.padding = padding
+        self.crop_per_batch = crop_per_batch
         self.device_images: dict[str, DeviceImages] = {}
 
     def load_uint8(self) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
@@ -106,7 +111,14 @@ class ImageDataModule(ClassificationDataModule):
             return batch
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         images = self.device_images[batch.split]
-        return images.batch(batch.indices, augment=batch.split == "train", epoch=epoch, seed=self.seed, padding=self.padding)
+        return images.batch(
+            batch.indices,
+            augment=batch.split == "train",
+            epoch=epoch,
+            seed=self.seed,
+            padding=self.padding,
+            crop_per_batch=self.crop_per_batch,
+        )
 
 
 class CIFARDataModule(ImageDataModule):

@@ -12,7 +12,8 @@
   default loggers write under ``--trainer.default_root_dir`` when it is given, else under ``runs/``;
 - ``--ckpt_path`` with options that contradict the checkpoint's architecture, norm or front-end is
   an error;
-- ``fit --test_after_fit true`` tests the best checkpoint at the end of fit;
+- ``fit --test_after_fit true`` tests the best checkpoint at the end of fit (``--test_ckpt last``: the
+  last epoch's weights, also used when there is no validation set);
 - ``complexity.json`` (parameters, MACs for one input) is written into each run folder.
 """
 
@@ -21,8 +22,9 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytorch_lightning as pl
 import torch
@@ -38,6 +40,8 @@ from .layer_sync import L2BNLayerSync
 from .module import CheckpointMismatchError, ClassificationModule, architecture_mismatches
 
 __all__ = ["L2BNLightningCLI", "default_loggers", "with_l2bn_layer_sync", "main"]
+
+log = logging.getLogger(__name__)
 
 
 def with_l2bn_layer_sync(plugins: Any) -> list[Any]:
@@ -110,7 +114,14 @@ class L2BNLightningCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for source in LINKED:
             parser.link_arguments(f"data.{source}", f"model.init_args.{source}", apply_on="instantiate")
-        parser.add_argument("--test_after_fit", type=bool, default=False, help="fit: test the best checkpoint at the end")
+        parser.add_argument("--test_after_fit", type=bool, default=False, help="fit: test a checkpoint at the end (--test_ckpt)")
+        parser.add_argument(
+            "--test_ckpt",
+            type=Literal["best", "last"],
+            default="best",
+            help="with --test_after_fit: the best validation checkpoint, or the last epoch's weights (also "
+            "what 'best' falls back to when there is no validation set: --data.init_args.val_fraction 0)",
+        )
         parser.set_defaults({"trainer.logger": default_loggers()})
 
     def before_instantiate_classes(self) -> None:
@@ -153,9 +164,14 @@ class L2BNLightningCLI(LightningCLI):
         super()._parse_ckpt_path()
 
     def after_fit(self) -> None:
-        if self.config[self.subcommand].get("test_after_fit"):
-            has_best = any(isinstance(cb, ModelCheckpoint) and cb.best_model_path for cb in self.trainer.callbacks)
-            self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if has_best else None)
+        config = self.config[self.subcommand]
+        if not config.get("test_after_fit"):
+            return
+        has_best = any(isinstance(cb, ModelCheckpoint) and cb.best_model_path for cb in self.trainer.callbacks)
+        wants_best = config.get("test_ckpt", "best") == "best"
+        if wants_best and not has_best:
+            log.warning("no best checkpoint (no validation ran, or none was saved): testing the last epoch's weights")
+        self.trainer.test(self.model, datamodule=self.datamodule, ckpt_path="best" if wants_best and has_best else None)
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
         trainer_config = self._get(self.config_init, "trainer", default={})

@@ -22,6 +22,8 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchvision.transforms import v2
 
+from .nn.init import initialize
+
 __all__ = ["ClassificationModule", "CheckpointMismatchError", "run_folder"]
 
 _NORM_TYPES = (_BatchNorm, nn.GroupNorm, nn.LayerNorm)
@@ -46,9 +48,16 @@ class ClassificationModule(pl.LightningModule):
         sample_rate: samples per second of audio input (linked from the datamodule; None for images).
         norm: normalization by name (``bn``, ``l2bn``, ``gn``, ``ln``, ``none``).
         norm_options: the norm's own options, e.g. ``{"rescale": true}`` for ``l2bn``.
-        optimizer: ``sgd`` (momentum, nesterov) or ``adamw``; weight decay is not applied to
-            biases and normalization parameters.
+        init: convolution initialization (:func:`l2bn_lit.nn.init.initialize`): ``arch`` (the
+            architecture's own; He's ``kaiming_fan_out`` for the CIFAR ResNets), ``torch`` (PyTorch's
+            default), ``kaiming_fan_out`` or ``kaiming_fan_in``.
+        optimizer: ``sgd`` (momentum, nesterov) or ``adamw``.
         lr, momentum, nesterov, weight_decay: optimizer settings.
+        norm_weight_decay: weight decay of the normalization layers' parameters; ``None`` applies
+            ``weight_decay`` (torchvision's reference scripts' option; their default is ``None``,
+            this project's is 0).
+        bias_weight_decay: weight decay of the other layers' biases (every other 1-D parameter);
+            ``None`` applies ``weight_decay``.
         schedule: ``multistep`` (``milestones`` in epochs, ``gamma``; the ResNet-CIFAR recipe),
             ``cosine`` (per step, after ``warmup_epochs`` of linear warm-up), ``cosine_restarts``
             (SGDR: first period ``restart_epochs``, each next one ``restart_mult`` times longer; the
@@ -74,11 +83,14 @@ class ClassificationModule(pl.LightningModule):
         sample_rate: int | None = None,
         norm: str = "l2bn",
         norm_options: dict[str, Any] | None = None,
+        init: Literal["arch", "torch", "kaiming_fan_out", "kaiming_fan_in"] = "arch",
         optimizer: Literal["sgd", "adamw"] = "sgd",
         lr: float = 0.1,
         momentum: float = 0.9,
         nesterov: bool = False,
         weight_decay: float = 5e-4,
+        norm_weight_decay: float | None = 0.0,
+        bias_weight_decay: float | None = 0.0,
         schedule: Literal["multistep", "cosine", "cosine_restarts", "onecycle", "constant"] = "cosine",
         milestones: list[int] | None = None,
         gamma: float = 0.1,
@@ -94,7 +106,7 @@ class ClassificationModule(pl.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
-        self.network = self.build_network()
+        self.network = initialize(self.build_network(), init)
         if channels_last:
             self.network.to(memory_format=torch.channels_last)
         if compile:
@@ -200,13 +212,7 @@ class ClassificationModule(pl.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
-        decay, no_decay = [], []
-        for module in self.network.modules():
-            for param in module.parameters(recurse=False):
-                if not param.requires_grad:
-                    continue
-                (no_decay if isinstance(module, _NORM_TYPES) or param.ndim <= 1 else decay).append(param)
-        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        groups = self.parameter_groups()
         if hp.optimizer == "sgd":
             optimizer = torch.optim.SGD(groups, lr=hp.lr, momentum=hp.momentum, nesterov=hp.nesterov)
         else:
@@ -215,6 +221,23 @@ class ClassificationModule(pl.LightningModule):
         if scheduler is None:
             return {"optimizer": optimizer}
         return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: weights at ``weight_decay``, the norm layers' parameters
+        at ``norm_weight_decay`` and the other biases at ``bias_weight_decay`` (``None``: ``weight_decay``).
+
+        One group per distinct decay, weights first, parameters in module order (the defaults give the
+        same two groups as before these options existed, so older runs resume)."""
+        hp = self.hparams
+        norm_decay = hp.weight_decay if hp.norm_weight_decay is None else hp.norm_weight_decay
+        bias_decay = hp.weight_decay if hp.bias_weight_decay is None else hp.bias_weight_decay
+        groups: dict[float, list[nn.Parameter]] = {hp.weight_decay: []}
+        for module in self.network.modules():
+            for param in module.parameters(recurse=False):
+                if param.requires_grad:
+                    decay = norm_decay if isinstance(module, _NORM_TYPES) else bias_decay if param.ndim <= 1 else hp.weight_decay
+                    groups.setdefault(decay, []).append(param)
+        return [{"params": params, "weight_decay": decay} for decay, params in groups.items() if params]
 
     def _scheduler(self, optimizer: torch.optim.Optimizer) -> dict[str, Any] | None:
         hp = self.hparams

@@ -25,6 +25,8 @@ class ImageClassifier(ClassificationModule):
         arch: a name from :data:`models.ARCHITECTURES`, ``torchvision.<model name>`` or ``timm.<model name>``.
         pretrained: for ``torchvision.``/``timm.`` archs: ``default`` (the library's weights) or the path
             of a saved state dict (see :func:`models.build_model`).
+        arch_options: keyword arguments of the architecture's constructor, e.g. ``{"shortcut": "A"}``
+            for the CIFAR ResNets (zero-padded identity shortcuts; the default ``"B"`` projects).
         recalibration_batches: with pretrained weights and ``norm: l2bn``, the running statistics are
             re-estimated on this many training batches before the first training step or evaluation.
             Pretrained BN statistics describe BN's input; L2BN normalizes the l2-normalized input, whose
@@ -33,7 +35,7 @@ class ImageClassifier(ClassificationModule):
         **kwargs: :class:`~l2bn_lit.module.ClassificationModule`'s options (norm, optimizer, ...).
     """
 
-    architecture_keys = (*ClassificationModule.architecture_keys, "arch")
+    architecture_keys = (*ClassificationModule.architecture_keys, "arch", "arch_options")
 
     def __init__(
         self,
@@ -41,18 +43,21 @@ class ImageClassifier(ClassificationModule):
         input_shape: list[int] | None = None,
         arch: str = "resnet20",
         pretrained: str | None = None,
+        arch_options: dict[str, Any] | None = None,
         recalibration_batches: int = 100,
         **kwargs,
     ) -> None:
         if kwargs.get("sample_rate") is not None:
             raise ValueError("ImageClassifier takes image data; the datamodule provides audio (sample_rate is set)")
+        if pretrained is not None and kwargs.get("init", "arch") != "arch":
+            raise ValueError(f"init={kwargs['init']!r} would overwrite the pretrained weights: use init: arch with pretrained")
         super().__init__(num_classes=num_classes, input_shape=input_shape, **kwargs)
         self.norm_stats_ready = not (pretrained is not None and self.hparams.norm == "l2bn")
 
     def build_network(self) -> nn.Module:
         hp = self.hparams
         in_channels = hp.input_shape[0] if hp.input_shape else 3
-        return build_model(hp.arch, hp.num_classes, in_channels, hp.norm, hp.norm_options, hp.pretrained)
+        return build_model(hp.arch, hp.num_classes, in_channels, hp.norm, hp.norm_options, hp.pretrained, hp.arch_options)
 
     def recalibrate_norms(self) -> None:
         """Re-estimates the running statistics of pretrained norms converted to L2BN (once)."""

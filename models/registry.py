@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -44,8 +45,12 @@ def build_model(
     norm: str = "l2bn",
     norm_options: dict[str, Any] | None = None,
     pretrained: str | None = None,
+    arch_options: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Builds ``arch`` with ``norm`` (``bn``, ``l2bn``, ``gn``, ``ln``, ``none``) and its options.
+
+    ``arch_options``: keyword arguments of the architecture's constructor (this project's archs,
+    e.g. ``{"shortcut": "A"}`` for the CIFAR ResNets; timm's ``create_model`` keywords for ``timm.<name>``).
 
     ``pretrained`` (``torchvision.<name>`` and ``timm.<name>`` only): ``"default"`` for the library's
     own default weights (downloaded by the library), or the path of a saved state dict of the
@@ -57,6 +62,7 @@ def build_model(
     installed) take ``bn`` or ``l2bn`` (their BatchNormAct2d layers become L2BNAct2d).
     """
     options = dict(norm_options or {})
+    arch_options = dict(arch_options or {})
     if pretrained is not None and not arch.startswith((TORCHVISION_PREFIX, TIMM_PREFIX)):
         raise ValueError(f"pretrained weights are for torchvision.<name> and timm.<name> archs, not arch={arch!r}")
     if arch.startswith(TORCHVISION_PREFIX):
@@ -67,24 +73,42 @@ def build_model(
             raise ValueError(f"torchvision models take norm 'bn' or 'l2bn' (through convert_norm), got {norm!r}")
         if in_channels != 3:
             raise ValueError(f"torchvision models take 3-channel input, the data has {in_channels}")
-        model = torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+        model = _construct(arch, torchvision.models.get_model, arch_options, name, weights=None, num_classes=num_classes)
         if pretrained == "default":
             load_matching(model, torchvision.models.get_model(name, weights="DEFAULT").state_dict(), arch)
         elif pretrained is not None:
             load_matching(model, _read_state_dict(pretrained), arch)
         return convert_norm(model, norm, **options) if norm == "l2bn" else model
     if arch.startswith(TIMM_PREFIX):
-        return _timm_model(arch[len(TIMM_PREFIX) :], num_classes, in_channels, norm, options, pretrained)
+        return _timm_model(arch[len(TIMM_PREFIX) :], num_classes, in_channels, norm, options, pretrained, arch_options)
     if arch == "shufflenet_v2":
-        return shufflenet_v2(num_classes, norm, options, in_channels)
+        return _construct(arch, shufflenet_v2, arch_options, num_classes, norm, options, in_channels)
     if arch not in ARCHITECTURES:
         known = ", ".join([*ARCHITECTURES, "shufflenet_v2", f"{TORCHVISION_PREFIX}<name>", f"{TIMM_PREFIX}<name>"])
         raise ValueError(f"unknown arch {arch!r}; choose one of {known}")
-    return ARCHITECTURES[arch](num_classes=num_classes, norm_layer=get_norm_layer(norm, 2, **options), in_channels=in_channels)
+    norm_layer = get_norm_layer(norm, 2, **options)
+    return _construct(arch, ARCHITECTURES[arch], arch_options, num_classes=num_classes, norm_layer=norm_layer, in_channels=in_channels)
+
+
+def _construct(arch: str, constructor: Callable[..., nn.Module], arch_options: dict[str, Any], *args: Any, **kwargs: Any) -> nn.Module:
+    """``constructor(*args, **kwargs, **arch_options)``; an option the constructor does not take is
+    an error naming ``arch_options``."""
+    accepted = inspect.signature(constructor).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    unknown = sorted(set(arch_options) - set(accepted)) if not takes_any else []
+    if unknown:
+        raise ValueError(f"arch={arch!r} does not take arch_options {unknown}; it takes {sorted(set(accepted) - set(kwargs))}")
+    return constructor(*args, **kwargs, **arch_options)
 
 
 def _timm_model(
-    name: str, num_classes: int, in_channels: int, norm: str, options: dict[str, Any], pretrained: str | None
+    name: str,
+    num_classes: int,
+    in_channels: int,
+    norm: str,
+    options: dict[str, Any],
+    pretrained: str | None,
+    arch_options: dict[str, Any],
 ) -> nn.Module:
     try:
         import timm
@@ -94,7 +118,7 @@ def _timm_model(
         raise ValueError(f"unknown timm model {name!r} in arch=timm.{name} (timm.list_models() lists them)")
     if norm not in ("bn", "l2bn"):
         raise ValueError(f"timm models take norm 'bn' or 'l2bn' (through convert_norm), got {norm!r}")
-    model = timm.create_model(name, pretrained=pretrained == "default", num_classes=num_classes, in_chans=in_channels)
+    model = timm.create_model(name, pretrained=pretrained == "default", num_classes=num_classes, in_chans=in_channels, **arch_options)
     if pretrained not in (None, "default"):
         load_matching(model, _read_state_dict(pretrained), f"timm.{name}")
     return convert_norm(model, norm, **options) if norm == "l2bn" else model
