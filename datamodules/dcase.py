@@ -4,7 +4,8 @@ Every listed file is checked when the data is set up (soundfile headers only): a
 unreadable file is an error naming it; clips shorter than ``duration`` are an error, or, with
 ``short_clips="pad"``, zero-padded with a warning that counts them; other sample rates are
 resampled (torchaudio) and stereo is mixed down, each said once in the log with a count. A
-truncated wav reads as a short clip (libsndfile clamps its length to the data present).
+truncated WAV (its header promises more frames than the file holds) is an error naming it, also
+with ``short_clips="pad"``: libsndfile would silently read it as a short clip.
 
 With ``feature_cache``, the loaders give log-mels from a memory-mapped cache computed once with the
 model's front-end (:mod:`datamodules.feature_cache`) instead of decoding every clip every epoch.
@@ -28,6 +29,9 @@ from torch.utils.data import Dataset
 
 from .base import ClassificationDataModule
 from .feature_cache import CachedFeatureDataset, build_feature_cache, feature_cache_path
+from .tau_check import truncated_wavs
+from .tau_download import dataset_specs
+from .tau_download import download as download_dataset
 from .tau_layout import read_file_list, write_synthetic_tau
 
 __all__ = ["AudioClipDataset", "TAUScenesDataModule"]
@@ -88,6 +92,10 @@ class TAUScenesDataModule(ClassificationDataModule):
         short_clips: ``error`` (default) or ``pad`` (zero-pad, with a warning counting them).
         synthesize_if_missing: write the small synthetic data set into ``root`` if it holds no
             ``meta.csv`` (the embedded default); a root holding a real data set is used as it is.
+        download: data set name(s) of ``python -m l2bn_lit.data list`` (e.g. ``[tau2022-mobile-dev,
+            dcase2024-task1-splits]``) fetched into ``root`` when ``meta.csv`` or ``train_list`` is
+            missing there, by the same code as that command (resumed, checksummed). Under DDP every
+            process waits on one lock, so one downloads and the others find the data complete.
         feature_cache: a folder for the offline log-mel cache (None: decode and extract on the fly).
             The cache holds the clips as evaluation sees them: training then has no random crop
             (the same thing when ``duration`` is the clips' length, as in DCASE 2020).
@@ -105,11 +113,20 @@ class TAUScenesDataModule(ClassificationDataModule):
         val_by: Literal["location", "random"] = "location",
         short_clips: Literal["error", "pad"] = "error",
         synthesize_if_missing: bool = False,
+        download: str | list[str] | None = None,
         feature_cache: str | None = None,
         batch_size: int = 32,
         **kwargs,
     ) -> None:
         super().__init__(root=root, batch_size=batch_size, **kwargs)
+        if download is not None and synthesize_if_missing:
+            raise ValueError("download and synthesize_if_missing both fill an empty root: choose one")
+        if download is not None and not ((Path(root) / "meta.csv").is_file() and (Path(root) / train_list).is_file()):
+            specs = dataset_specs()
+            for name in [download] if isinstance(download, str) else download:
+                if name not in specs:
+                    raise ValueError(f"download: unknown data set {name!r}; choose from {', '.join(specs)}")
+                download_dataset(specs[name], root)
         if synthesize_if_missing and not (Path(root) / "meta.csv").is_file():
             log.info("no meta.csv under %s: writing the synthetic acoustic-scene data set there", root)
             write_synthetic_tau(root, sample_rate=sample_rate, duration=duration)
@@ -140,6 +157,14 @@ class TAUScenesDataModule(ClassificationDataModule):
         if missing:
             raise FileNotFoundError(
                 f"{len(missing)} file(s) listed in {root / list_path} do not exist, e.g. {root / missing[0]}"
+            )
+        truncated = truncated_wavs(root, table["filename"].tolist())
+        if truncated:
+            name, declared, present = truncated[0]
+            raise ValueError(
+                f"{len(truncated)} file(s) listed in {root / list_path} are truncated (the header promises more "
+                f"frames than the file holds), e.g. {root / name}: {declared} frames declared, {present} present; "
+                "download or extract them again (python -m l2bn_lit.data check lists them all)"
             )
         short, resampled, stereo = [], 0, 0
         for filename in table["filename"]:

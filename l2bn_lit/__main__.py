@@ -4,6 +4,7 @@
     l2bn sweep --config ... --norms bn l2bn --seeds 0 1 2 [...]    norm x seed sweeps (l2bn_lit.sweep)
     l2bn results FOLDER [--metric test/acc]                        collect finished runs (l2bn_lit.results)
     l2bn complexity --config configs/<x>.yaml [...]                parameters and MACs of a config's model
+    l2bn data list|download|check [...]                            get and check DCASE data (l2bn_lit.data)
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import json
 import sys
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
-TOOLS = ("sweep", "results", "complexity")
+TOOLS = ("sweep", "results", "complexity", "data")
 
 
 def complexity(argv: list[str]) -> dict[str, int]:
@@ -48,6 +49,10 @@ def main(argv: list[str] | None = None) -> None:
         results_main(rest)
     elif command == "complexity":
         complexity(rest)
+    elif command == "data":
+        from .data import main as data_main
+
+        sys.exit(data_main(rest))
     else:
         raise SystemExit(f"l2bn: unknown command {command!r}; choose one of {', '.join(SUBCOMMANDS + TOOLS)} (l2bn --help)")
 
