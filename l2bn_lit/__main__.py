@@ -3,12 +3,13 @@
     l2bn fit|validate|test|predict --config configs/<x>.yaml [...]   LightningCLI (as python cli.py ...)
     l2bn sweep --config ... --norms bn l2bn --seeds 0 1 2 [...]    norm x seed sweeps (l2bn_lit.sweep)
     l2bn results FOLDER [--metric test/acc]                        collect finished runs (l2bn_lit.results)
-    l2bn complexity --config configs/<x>.yaml [...]                parameters and MACs of a config's model
+    l2bn complexity --config configs/<x>.yaml [--bits 16] [...]    parameters, MACs and the DCASE limits of a config's model
     l2bn data list|download|check [...]                            get and check DCASE data (l2bn_lit.data)
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 
@@ -18,13 +19,26 @@ TOOLS = ("sweep", "results", "complexity", "data")
 
 def complexity(argv: list[str]) -> dict[str, int]:
     """Builds the model of a CLI config (no data is loaded beyond what the datamodule's constructor
-    reads) and prints its complexity (:func:`l2bn_lit.complexity.complexity_report`)."""
+    reads) and prints its complexity (:func:`l2bn_lit.complexity.complexity_report`) and, for audio
+    models or with ``--limits dcase``, the DCASE Task 1 limits check. ``--bits N`` (default 16): the
+    precision the parameters would ship in."""
     from .cli import main as cli_main
-    from .complexity import complexity_report
+    from .complexity import complexity_report, limit_report
 
-    cli = cli_main(argv, run=False)
-    report = complexity_report(cli.model, list(cli.model.hparams.input_shape))
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--bits", type=int, default=16)
+    parser.add_argument("--limits", choices=("dcase", "none"), default=None)
+    own, rest = parser.parse_known_args(argv)
+    cli = cli_main(rest, run=False)
+    report = complexity_report(cli.model, list(cli.model.hparams.input_shape), bits=own.bits)
     print(json.dumps({"model": type(cli.model).__name__, **dict(cli.model.hparams), **report}, indent=2, default=str))
+    audio = cli.model.hparams.get("sample_rate") is not None
+    if own.limits == "dcase" or (own.limits is None and audio):
+        within, lines = limit_report(report)
+        seconds = cli.model.hparams.input_shape[0] / cli.model.hparams.sample_rate if audio else None
+        clip = f" per {seconds:g}-s clip" if seconds else ""
+        print(f"DCASE Task 1 limits (128 kB parameters, 30 M MACs{clip}):\n{lines}")
+        print("within the limits" if within else "OVER the limits: this model cannot be submitted as it is")
     return report
 
 

@@ -17,12 +17,20 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .module import run_folder
 
-__all__ = ["ComplexityReport", "complexity_report"]
+__all__ = ["ComplexityReport", "complexity_report", "limit_report", "DCASE_LIMITS"]
+
+#: the DCASE 2024/2025 Task 1 limits (the task's complexity script): parameter memory in bytes at
+#: the precision the model ships in, and MACs per 1-s clip (feature extraction excluded)
+DCASE_LIMITS = {"parameter_memory_bytes": 128_000, "macs": 30_000_000}
 
 
-def complexity_report(model: nn.Module, input_shape: list[int]) -> dict[str, int]:
-    """Parameters, parameter bytes and MACs (= FLOPs / 2 of matmuls and convolutions; FFTs and
-    elementwise work are not counted) for one input of ``input_shape``, in eval mode."""
+def complexity_report(model: nn.Module, input_shape: list[int], bits: int = 16) -> dict[str, int]:
+    """Parameters, parameter bytes (as stored now), parameter memory at ``bits`` per parameter
+    (the precision the model would ship in) and MACs (= FLOPs / 2 of matmuls and convolutions; FFTs
+    and elementwise work are not counted) for one input of ``input_shape``, in eval mode.
+
+    Models with a ``frontend`` submodule (the log-mel of the audio models) also get ``macs_frontend``
+    and ``macs_network`` (the rest): DCASE's limits count the network on the features only."""
     was_training = model.training
     device = next(model.parameters()).device
     model.eval()
@@ -32,11 +40,34 @@ def complexity_report(model: nn.Module, input_shape: list[int]) -> dict[str, int
     finally:
         model.train(was_training)
     params = sum(p.numel() for p in model.parameters())
-    return {
+    report = {
         "parameters": params,
         "parameter_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+        "parameter_bits": bits,
+        "parameter_memory_bytes": params * bits // 8,
         "macs": counter.get_total_flops() // 2,
     }
+    frontends = [name for name in counter.get_flop_counts() if name.rsplit(".", 1)[-1] == "frontend"]
+    if frontends:
+        frontend = sum(counter.get_flop_counts()[frontends[0]].values()) // 2
+        report.update(macs_frontend=frontend, macs_network=report["macs"] - frontend)
+    return report
+
+
+def limit_report(report: dict[str, int], limits: dict[str, int] = DCASE_LIMITS) -> tuple[bool, str]:
+    """``(within the limits, one line per limit)`` for a :func:`complexity_report`."""
+    macs = report.get("macs_network", report["macs"])
+    memory = report["parameter_memory_bytes"]
+    lines, within = [], True
+    for label, value, limit, detail in (
+        ("parameter memory", memory, limits["parameter_memory_bytes"], f"{report['parameters']:,} parameters x {report['parameter_bits']} bit"),
+        ("MACs", macs, limits["macs"], "network only, features excluded" if "macs_network" in report else "whole model"),
+    ):
+        ok = value <= limit
+        within &= ok
+        verdict = "within" if ok else f"OVER by {value - limit:,}"
+        lines.append(f"{label}: {value:,} of {limit:,} ({100 * value / limit:.1f}%, {detail}): {verdict}")
+    return within, "\n".join(lines)
 
 
 class ComplexityReport(pl.Callback):
