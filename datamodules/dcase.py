@@ -32,9 +32,9 @@ from .feature_cache import CachedFeatureDataset, build_feature_cache, feature_ca
 from .tau_check import truncated_wavs
 from .tau_download import dataset_specs
 from .tau_download import download as download_dataset
-from .tau_layout import read_file_list, write_synthetic_tau
+from .tau_layout import device_of, read_file_list, write_synthetic_tau
 
-__all__ = ["AudioClipDataset", "TAUScenesDataModule"]
+__all__ = ["AudioClipDataset", "TAUScenesDataModule", "load_impulse_responses"]
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +68,48 @@ class AudioClipDataset(Dataset):
             wave = AF.resample(wave, rate, self.sample_rate)
         return wave
 
+    #: training only: ``(impulse responses, probability, devices)`` of the device IR augmentation
+    impulse_responses: tuple[list[Tensor], float, frozenset[str]] | None = None
+
     def __getitem__(self, index: int) -> tuple[Tensor, int]:
         wave = self.load(index)
+        if self.impulse_responses is not None:
+            wave = self._convolve_device_ir(index, wave)
         if len(wave) < self.samples:
             wave = torch.nn.functional.pad(wave, (0, self.samples - len(wave)))
         elif len(wave) > self.samples:
             start = int(torch.randint(0, len(wave) - self.samples + 1, ())) if self.random_crop else 0
             wave = wave[start : start + self.samples]
         return wave, self.labels[index]
+
+    def _convolve_device_ir(self, index: int, wave: Tensor) -> Tensor:
+        """With probability ``p``, for clips of the chosen devices: ``wave`` convolved with a random
+        impulse response, cut to its length (a recording of the same scene through another device)."""
+        responses, p, devices = self.impulse_responses
+        if device_of(self.files[index]) not in devices or float(torch.rand(())) >= p:
+            return wave
+        response = responses[int(torch.randint(len(responses), ()))]
+        return AF.fftconvolve(wave, response)[: len(wave)]
+
+
+def load_impulse_responses(folder: str | Path, sample_rate: int) -> list[Tensor]:
+    """Every ``*.wav`` under ``folder`` (e.g. the MicIRP microphone impulse responses), mono at
+    ``sample_rate``, scaled to unit peak.
+
+    Raises:
+        FileNotFoundError: the folder holds no wav file.
+    """
+    paths = sorted(Path(folder).rglob("*.wav"))
+    if not paths:
+        raise FileNotFoundError(f"device_irs={folder}: no .wav impulse responses found there")
+    responses = []
+    for path in paths:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        response = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
+        if rate != sample_rate:
+            response = AF.resample(response, rate, sample_rate)
+        responses.append(response / response.abs().max().clamp_min(1e-12))
+    return responses
 
 
 class TAUScenesDataModule(ClassificationDataModule):
@@ -96,6 +130,10 @@ class TAUScenesDataModule(ClassificationDataModule):
             dcase2024-task1-splits]``) fetched into ``root`` when ``meta.csv`` or ``train_list`` is
             missing there, by the same code as that command (resumed, checksummed). Under DDP every
             process waits on one lock, so one downloads and the others find the data complete.
+        device_irs: a folder of device impulse responses (``*.wav``, e.g. MicIRP as the DCASE 2024/2025
+            baselines use): training clips of ``device_ir_devices`` are convolved with a random one
+            with probability ``device_ir_p`` (off when None; not with ``feature_cache``).
+        device_ir_p, device_ir_devices: that probability and those devices (the baselines: 0.4, ``[a]``).
         feature_cache: a folder for the offline log-mel cache (None: decode and extract on the fly).
             The cache holds the clips as evaluation sees them: training then has no random crop
             (the same thing when ``duration`` is the clips' length, as in DCASE 2020).
@@ -114,6 +152,9 @@ class TAUScenesDataModule(ClassificationDataModule):
         short_clips: Literal["error", "pad"] = "error",
         synthesize_if_missing: bool = False,
         download: str | list[str] | None = None,
+        device_irs: str | None = None,
+        device_ir_p: float = 0.4,
+        device_ir_devices: list[str] | None = None,
         feature_cache: str | None = None,
         batch_size: int = 32,
         **kwargs,
@@ -135,6 +176,10 @@ class TAUScenesDataModule(ClassificationDataModule):
         self.train_list, self.test_list, self.predict_list = train_list, test_list, predict_list
         self.val_by, self.short_clips = val_by, short_clips
         self.feature_cache = feature_cache
+        if device_irs is not None and feature_cache is not None:
+            raise ValueError("device_irs augments waveforms while training; the feature cache holds fixed log-mels: set one of them to null")
+        self.device_irs, self.device_ir_p = device_irs, device_ir_p
+        self.device_ir_devices = frozenset(device_ir_devices or ["a"])
         self._lists: dict[str, AudioClipDataset] = {}
         self.train_table = read_file_list(root, train_list, need_labels=True)
         self.class_names = sorted(self.train_table["scene_label"].unique())
@@ -257,6 +302,9 @@ class TAUScenesDataModule(ClassificationDataModule):
             return train, train, self._cached(test, self.test_list)
         random_crop = copy.copy(train)
         random_crop.random_crop = True
+        if self.device_irs is not None:
+            responses = load_impulse_responses(self.device_irs, self.sample_rate)
+            random_crop.impulse_responses = (responses, self.device_ir_p, self.device_ir_devices)
         return random_crop, train, test
 
     def predict_dataloader(self):

@@ -18,6 +18,7 @@ from l2bn_lit import get_norm_layer
 from l2bn_lit.analysis import classifier_of
 
 from .cifar_resnet import NormLayer
+from .cp_mobile import CPMobile
 from .small_cnn import SmallCNN
 
 __all__ = [
@@ -42,6 +43,7 @@ class LogMel(nn.Module):
     Args:
         log: ``db`` (10 log10 of power, floored ``top_db`` below the clip's maximum) or ``log``
             (natural log of power + 1e-6).
+        win_length: the STFT window (``None``: ``n_fft``; the DCASE 2024/2025 baselines use 3072 of 4096).
     """
 
     def __init__(
@@ -54,10 +56,12 @@ class LogMel(nn.Module):
         f_max: float | None = None,
         log: Literal["db", "log"] = "db",
         top_db: float | None = 80.0,
+        win_length: int | None = None,
     ) -> None:
         super().__init__()
         self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, f_min=f_min, f_max=f_max, power=2.0
+            sample_rate=sample_rate, n_fft=n_fft, win_length=win_length, hop_length=hop_length, n_mels=n_mels,
+            f_min=f_min, f_max=f_max, power=2.0,
         )
         self.to_db = torchaudio.transforms.AmplitudeToDB("power", top_db=top_db) if log == "db" else None
 
@@ -325,6 +329,7 @@ def _small_cnn(num_classes: int, norm_layer: NormLayer, in_channels: int = 1) ->
 
 AUDIO_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "dcase_baseline": BaselineCNN,
+    "cp_mobile": CPMobile,
     "small_cnn": _small_cnn,
     "fs_resnet": FrequencySplitResNet,
     "fcnn": FCNN,

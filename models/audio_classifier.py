@@ -17,7 +17,7 @@ from .audio import FreqMixStyle, LogMel, LogMelClassifier, SpecAugment, TimeRoll
 __all__ = ["AudioSceneClassifier"]
 
 #: the log-mel front-end's options
-FRONTEND_KEYS = ("n_fft", "hop_length", "n_mels", "f_min", "f_max", "log", "top_db")
+FRONTEND_KEYS = ("n_fft", "hop_length", "n_mels", "f_min", "f_max", "log", "top_db", "win_length")
 
 
 class AudioSceneClassifier(ClassificationModule):
@@ -34,7 +34,7 @@ class AudioSceneClassifier(ClassificationModule):
     Args:
         num_classes, input_shape, sample_rate: linked from the datamodule by the CLI.
         arch: a name from :data:`models.audio.AUDIO_ARCHITECTURES`.
-        n_fft, hop_length, n_mels, f_min, f_max, log, top_db: the log-mel front-end (:class:`LogMel`).
+        n_fft, hop_length, n_mels, f_min, f_max, log, top_db, win_length: the log-mel front-end (:class:`LogMel`).
         freq_mask, time_mask: SpecAugment mask widths in bins/frames (0: off), training only.
         time_roll: roll each training log-mel along time by a random number of frames.
         mixstyle_p, mixstyle_alpha: Freq-MixStyle probability per batch (0: off) and Beta parameter.
@@ -56,6 +56,7 @@ class AudioSceneClassifier(ClassificationModule):
         f_max: float | None = None,
         log: Literal["db", "log"] = "db",
         top_db: float | None = 80.0,
+        win_length: int | None = None,
         freq_mask: int = 0,
         time_mask: int = 0,
         time_roll: bool = False,
@@ -71,7 +72,7 @@ class AudioSceneClassifier(ClassificationModule):
 
     def build_network(self) -> nn.Module:
         hp = self.hparams
-        frontend = LogMel(hp.sample_rate, hp.n_fft, hp.hop_length, hp.n_mels, hp.f_min, hp.f_max, hp.log, hp.top_db)
+        frontend = LogMel(hp.sample_rate, hp.n_fft, hp.hop_length, hp.n_mels, hp.f_min, hp.f_max, hp.log, hp.top_db, hp.win_length)
         cnn = build_audio_model(hp.arch, hp.num_classes, hp.norm, hp.norm_options)
         roll = [TimeRoll()] if hp.time_roll else []
         augment = nn.Sequential(*roll, SpecAugment(hp.freq_mask, hp.time_mask), FreqMixStyle(hp.mixstyle_p, hp.mixstyle_alpha))

@@ -1,0 +1,107 @@
+"""The DCASE 2024/2025 Task 1 pieces: the CP-Mobile-style network, device impulse responses, and
+the task config on a small data set in the TAU 2022 layout with the task's split files."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+import torch
+from torch import nn
+
+from datamodules import TAUScenesDataModule, write_synthetic_tau
+from datamodules.dcase import load_impulse_responses
+from l2bn_lit import L2BN2d, get_norm_layer
+from l2bn_lit.__main__ import complexity
+from l2bn_lit.cli import main
+from l2bn_lit.complexity import complexity_report
+from models.cp_mobile import CPMobile, make_divisible
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG = str(ROOT / "configs" / "dcase2024_task1_cpmobile.yaml")
+
+
+def test_make_divisible_by_hand():
+    assert [make_divisible(v) for v in (32, 57.6, 103.68, 67.2, 4, 11)] == [32, 56, 104, 64, 8, 16]
+
+
+@pytest.mark.parametrize("norm", ["bn", "l2bn"])
+def test_cp_mobile_has_the_baselines_size(norm):
+    """61,148 parameters and 29.4 M MACs (the DCASE 2024 baseline's published figures) for one
+    (1, 256, 65) log-mel; the norm switch reaches every norm and adds no parameter."""
+    model = CPMobile(10, get_norm_layer(norm, 2))
+    report = complexity_report(model, [1, 256, 65])
+    assert report["parameters"] == 61_148
+    assert 29.3e6 < report["macs"] < 29.5e6
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert len(norms) == 2 + 6 * 3 + 1 and all(isinstance(m, L2BN2d) == (norm == "l2bn") for m in norms)
+    out = model(torch.randn(3, 1, 256, 65))
+    assert out.shape == (3, 10)
+
+
+def _write_ir(path: Path, response: np.ndarray, rate: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sf.write(path, response, rate, subtype="FLOAT")
+
+
+def test_device_impulse_responses_convolve_device_a_clips(root, tmp_path):
+    rng = np.random.default_rng(0)
+    response = rng.standard_normal(64).astype(np.float32)
+    _write_ir(tmp_path / "irs" / "mic1.wav", response, 16000)
+    assert torch.allclose(load_impulse_responses(tmp_path / "irs", 16000)[0], torch.from_numpy(response / np.abs(response).max()))
+    data = TAUScenesDataModule(str(root), sample_rate=16000, duration=1.0, device_irs=str(tmp_path / "irs"), device_ir_p=1.0)
+    data.setup("fit")
+    train, plain = data.train_set.dataset, data.val_set.dataset
+    devices = [Path(f).stem.rsplit("-", 1)[-1] for f in train.files]
+    a, b = devices.index("a"), devices.index("b")
+    for index, convolved in ((a, True), (b, False)):
+        wave = plain[index][0].double().numpy()
+        expected = np.convolve(wave, response.astype(np.float64) / np.abs(response).max())[: len(wave)] if convolved else wave
+        torch.manual_seed(0)
+        np.testing.assert_allclose(train[index][0].numpy(), expected, atol=1e-4)
+    data = TAUScenesDataModule(str(root), sample_rate=16000, duration=1.0, device_irs=str(tmp_path / "irs"), device_ir_p=0.0)
+    data.setup("fit")
+    assert torch.equal(data.train_set.dataset[a][0], data.val_set.dataset[a][0])
+
+
+def test_device_ir_errors_name_the_option(root, tmp_path):
+    (tmp_path / "empty").mkdir()
+    data = TAUScenesDataModule(str(root), sample_rate=16000, duration=1.0, device_irs=str(tmp_path / "empty"))
+    with pytest.raises(FileNotFoundError, match="device_irs=.*no .wav impulse responses"):
+        data.setup("fit")
+    with pytest.raises(ValueError, match="device_irs .* feature cache"):
+        TAUScenesDataModule(str(root), device_irs=str(tmp_path), feature_cache=str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def tau2022(tmp_path_factory) -> Path:
+    """The TAU 2022 layout at 32 kHz with the DCASE 2024 split files (split25.csv, test.csv)."""
+    root = write_synthetic_tau(tmp_path_factory.mktemp("tau2022") / "data", clips_per_scene=12, sample_rate=32000)
+    (root / "split_setup").mkdir()
+    shutil.copy(root / "evaluation_setup" / "fold1_train.csv", root / "split_setup" / "split25.csv")
+    test = pd.read_csv(root / "evaluation_setup" / "fold1_evaluate.csv", sep="\t")
+    test[["filename"]].to_csv(root / "split_setup" / "test.csv", sep="\t", index=False)  # labels from meta.csv
+    return root
+
+
+def test_task_config_model_is_within_the_limits(tau2022, capsys):
+    report = complexity(["--config", CONFIG, "--data.init_args.root", str(tau2022)])
+    assert report["parameters"] == 61_148 - 104 * 5 - 2 * 5  # 5 synthetic scenes: the 104->classes conv and its norm shrink
+    assert report["macs_network"] < 30e6 and report["parameter_memory_bytes"] < 128_000
+    assert "within the limits" in capsys.readouterr().out
+
+
+def test_task_config_trains_and_tests(tau2022, tmp_path):
+    cli = main(["fit", "--config", CONFIG, "--data.init_args.root", str(tau2022), "--data.init_args.batch_size", "8",
+                "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.accelerator", "cpu",
+                "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)])
+    metrics = cli.trainer.callback_metrics
+    assert torch.isfinite(metrics["test/loss"]) and 0 <= float(metrics["test/acc"]) <= 1
+    devices = pd.read_csv(tmp_path / "csv" / "version_0" / "dcase_devices.csv")
+    test = pd.read_csv(tau2022 / "split_setup" / "test.csv", sep="\t")["filename"]
+    unseen = int(test.str.contains(r"-s[456]\.wav$").sum())
+    assert unseen > 0 and devices.set_index("device").loc["unseen simulated", "support"] == unseen
