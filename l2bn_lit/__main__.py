@@ -5,6 +5,7 @@
     l2bn results FOLDER [--metric test/acc]                        collect finished runs (l2bn_lit.results)
     l2bn complexity --config configs/<x>.yaml [--bits 16] [...]    parameters, MACs and the DCASE limits of a config's model
     l2bn data list|download|check [...]                            get and check DCASE data (l2bn_lit.data)
+    l2bn evaluate --config ... CKPT|FOLDER [...]                   many checkpoints in one pass: leaderboard + ensemble
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import sys
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
-TOOLS = ("sweep", "results", "complexity", "data")
+TOOLS = ("sweep", "results", "complexity", "data", "evaluate")
 
 
 def complexity(argv: list[str]) -> dict[str, int]:
@@ -63,6 +64,10 @@ def main(argv: list[str] | None = None) -> None:
         results_main(rest)
     elif command == "complexity":
         complexity(rest)
+    elif command == "evaluate":
+        from .evaluate import main as evaluate_main
+
+        evaluate_main(rest)
     elif command == "data":
         from .data import main as data_main
 

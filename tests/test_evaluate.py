@@ -1,0 +1,82 @@
+"""``python -m l2bn_lit.evaluate``: many checkpoints in one pass, against separate ``test`` runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from l2bn_lit.cli import main
+from l2bn_lit.evaluate import find_checkpoints
+from l2bn_lit.evaluate import main as evaluate
+from l2bn_lit.module import CheckpointMismatchError
+
+ROOT = Path(__file__).resolve().parents[1]
+DCASE = str(ROOT / "configs" / "quickstart_dcase.yaml")
+QUICK = ["--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, synthetic_root):
+    """Two short runs (BN, L2BN) on the synthetic scenes and each one's ``test`` summary."""
+    folder = tmp_path_factory.mktemp("runs")
+    summaries = {}
+    for norm in ("bn", "l2bn"):
+        main(["fit", "--config", DCASE, "--data.init_args.root", str(synthetic_root), "--model.init_args.norm", norm,
+              *QUICK, "--trainer.default_root_dir", str(folder / norm)])
+        run = folder / norm / "csv" / "version_0"
+        summaries[norm] = pd.read_csv(run / "dcase_summary.csv").set_index("metric")["value"]
+    return folder, summaries
+
+
+def test_leaderboard_rows_equal_separate_test_runs_and_the_ensemble_is_the_mean(runs, synthetic_root, tmp_path):
+    folder, summaries = runs
+    table = evaluate(["--config", DCASE, "--data.init_args.root", str(synthetic_root), str(folder / "bn"), str(folder / "l2bn"),
+                      "--out", str(tmp_path / "board")])
+    assert list(table["norm"]) == ["bn", "l2bn", "-"]
+    for index, norm in enumerate(("bn", "l2bn")):
+        row = table.iloc[index]
+        assert "best-epoch=" in row["checkpoint"]  # each run's best checkpoint (as test_after_fit tested)
+        for metric in ("macro class-wise accuracy", "accuracy", "log loss"):
+            assert row[metric] == pytest.approx(summaries[norm][metric], abs=1e-6), (norm, metric)
+    assert {"macro accuracy, known devices", "macro accuracy, unknown devices"} <= set(table.columns)
+    assert table.iloc[2]["checkpoint"] == "ensemble (mean of 2)"
+    assert table.iloc[2]["parameters"] == table.iloc[0]["parameters"] + table.iloc[1]["parameters"]
+    written = pd.read_csv(tmp_path / "board" / "leaderboard.csv")
+    assert written.shape == table.shape and (tmp_path / "board" / "leaderboard.md").read_text().count("\n|") == 5  # header, rule, 3 rows
+
+
+def test_ensemble_row_is_the_mean_of_the_models_probabilities(runs, synthetic_root, tmp_path, monkeypatch):
+    import l2bn_lit.evaluate as module
+
+    folder, _ = runs
+    captured = {}
+    real = module.evaluate_checkpoints
+
+    def spy(models, loader, device, transfer=None):
+        probs, labels = real(models, loader, device, transfer)
+        captured.update(probs=probs, labels=labels, frontend_clips=sum(calls))
+        return probs, labels
+
+    calls = []
+    monkeypatch.setattr(module, "evaluate_checkpoints", spy)
+    from models.audio import LogMel
+
+    original = LogMel.forward
+    monkeypatch.setattr(LogMel, "forward", lambda self, wave: calls.append(len(wave)) or original(self, wave))
+    table = evaluate(["--config", DCASE, "--data.init_args.root", str(synthetic_root), str(folder), "--out", str(tmp_path)])
+    mean = np.mean(captured["probs"], axis=0)
+    labels = captured["labels"]
+    assert table.iloc[-1]["accuracy"] == pytest.approx(float((mean.argmax(1) == labels).mean()))
+    assert table.iloc[-1]["log loss"] == pytest.approx(float(-np.log(mean[np.arange(len(labels)), labels]).mean()))
+    assert captured["frontend_clips"] == len(labels)  # both models share one front-end: each log-mel computed once
+
+
+def test_checkpoints_that_do_not_fit_the_data_are_refused(runs, tmp_path):
+    folder, _ = runs
+    with pytest.raises(CheckpointMismatchError, match=r"does not fit the data: num_classes: data=10 checkpoint=5.*class_names"):
+        evaluate(["--config", str(ROOT / "configs" / "quickstart.yaml"), str(folder / "bn"), "--out", str(tmp_path)])
+    with pytest.raises(FileNotFoundError, match="no such checkpoint"):
+        find_checkpoints([str(tmp_path / "nothing")])
