@@ -49,6 +49,7 @@ class AudioClipDataset(Dataset):
     ) -> None:
         self.root = root
         self.files = table["filename"].tolist()
+        self.devices = table["device"].tolist() if "device" in table else [device_of(f) for f in self.files]
         self.labels = labels if labels is not None else [-1] * len(self.files)
         self.sample_rate = sample_rate
         self.samples = samples
@@ -86,7 +87,7 @@ class AudioClipDataset(Dataset):
         """With probability ``p``, for clips of the chosen devices: ``wave`` convolved with a random
         impulse response, cut to its length (a recording of the same scene through another device)."""
         responses, p, devices = self.impulse_responses
-        if device_of(self.files[index]) not in devices or float(torch.rand(())) >= p:
+        if self.devices[index] not in devices or float(torch.rand(())) >= p:
             return wave
         response = responses[int(torch.randint(len(responses), ()))]
         return AF.fftconvolve(wave, response)[: len(wave)]
@@ -134,6 +135,8 @@ class TAUScenesDataModule(ClassificationDataModule):
             baselines use): training clips of ``device_ir_devices`` are convolved with a random one
             with probability ``device_ir_p`` (off when None; not with ``feature_cache``).
         device_ir_p, device_ir_devices: that probability and those devices (the baselines: 0.4, ``[a]``).
+        devices: train (and validate) on these recording devices' clips only, e.g. ``[a]`` to fine-tune
+            a device-specific model (DCASE 2025); the test and predict lists are not filtered.
         feature_cache: a folder for the offline log-mel cache (None: decode and extract on the fly).
             The cache holds the clips as evaluation sees them: training then has no random crop
             (the same thing when ``duration`` is the clips' length, as in DCASE 2020).
@@ -155,6 +158,7 @@ class TAUScenesDataModule(ClassificationDataModule):
         device_irs: str | None = None,
         device_ir_p: float = 0.4,
         device_ir_devices: list[str] | None = None,
+        devices: list[str] | None = None,
         feature_cache: str | None = None,
         batch_size: int = 32,
         **kwargs,
@@ -182,7 +186,13 @@ class TAUScenesDataModule(ClassificationDataModule):
         self.device_ir_devices = frozenset(device_ir_devices or ["a"])
         self._lists: dict[str, AudioClipDataset] = {}
         self.train_table = read_file_list(root, train_list, need_labels=True)
-        self.class_names = sorted(self.train_table["scene_label"].unique())
+        self.class_names = sorted(self.train_table["scene_label"].unique())  # the whole list's: a device subset keeps them
+        self.devices = devices
+        if devices is not None:
+            unknown = sorted(set(devices) - set(self.train_table["device"]))
+            if unknown:
+                raise ValueError(f"devices={devices}: {unknown} not in {Path(root) / train_list} (its devices: {sorted(set(self.train_table['device']))})")
+            self.train_table = self.train_table[self.train_table["device"].isin(devices)].reset_index(drop=True)
         self.num_classes = len(self.class_names)
         self.input_shape = [self.samples]
 
@@ -280,7 +290,7 @@ class TAUScenesDataModule(ClassificationDataModule):
     def _cached(self, clips: AudioClipDataset, list_path: str) -> Dataset:
         if self.feature_cache is None:
             return clips
-        return CachedFeatureDataset(self._cache_path(clips, list_path), clips.files, clips.labels)
+        return CachedFeatureDataset(self._cache_path(clips, list_path), clips.files, clips.labels, clips.devices)
 
     def prepare_data(self) -> None:
         """Builds the missing feature-cache files of the lists this trainer stage reads (rank 0)."""

@@ -24,6 +24,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Dataset
 
+from .tau_layout import device_of
+
 __all__ = ["CachedFeatureDataset", "build_feature_cache", "feature_cache_path"]
 
 log = logging.getLogger(__name__)
@@ -69,10 +71,11 @@ def build_feature_cache(
 
 class CachedFeatureDataset(Dataset):
     """``(log-mel (1, n_mels, frames), label)`` rows of a cache file, which opens on first access
-    (each DataLoader worker maps it itself). ``files`` and ``labels`` are those of the file list."""
+    (each DataLoader worker maps it itself). ``files``, ``labels`` and ``devices`` are those of the file list."""
 
-    def __init__(self, path: Path, files: list[str], labels: list[int]) -> None:
+    def __init__(self, path: Path, files: list[str], labels: list[int], devices: list[str] | None = None) -> None:
         self.path, self.files, self.labels = path, files, labels
+        self.devices = devices if devices is not None else [device_of(f) for f in files]
         self._array: np.ndarray | None = None
 
     def __len__(self) -> int:

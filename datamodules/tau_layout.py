@@ -38,7 +38,9 @@ def _read_tsv(path: Path) -> pd.DataFrame:
 
 def read_file_list(root: str | Path, list_path: str, need_labels: bool) -> pd.DataFrame:
     """One row per listed file with columns ``filename``, ``scene_label`` (when ``need_labels``),
-    ``identifier`` (recording location, when known) and ``device``.
+    ``identifier`` (recording location, when known) and ``device`` (the list's ``device`` or
+    ``source_label`` column when it has one, as DCASE 2025's evaluation lists do, else the file name's
+    last ``-`` field).
 
     Missing ``scene_label``/``identifier`` columns are filled in from ``meta.csv``.
 
@@ -65,7 +67,8 @@ def read_file_list(root: str | Path, list_path: str, need_labels: bool) -> pd.Da
         unlabeled = table.loc[table["scene_label"].isna() | (table["scene_label"] == ""), "filename"]
         if len(unlabeled):
             raise ValueError(f"{len(unlabeled)} file(s) of {path} have no scene_label, e.g. {unlabeled.iloc[0]}")
-    table["device"] = table["filename"].map(device_of)
+    if "device" not in table:  # DCASE 2025 lists name the device in a column; older ones in the file name
+        table["device"] = table["source_label"] if "source_label" in table else table["filename"].map(device_of)
     return table.reset_index(drop=True)
 
 

@@ -1,7 +1,7 @@
 """Many checkpoints on one split in one pass: a leaderboard and the ensemble.
 
     python -m l2bn_lit.evaluate --config configs/<x>.yaml [--data.init_args.* ...] CKPT|FOLDER [...]
-        [--out runs/evaluate] [--split test|val]
+        [--out runs/evaluate] [--split test|val|predict] [--device-model DEVICE=CKPT ...]
 
 Each checkpoint builds its own model from its saved settings (architecture, norm, front-end), so a
 BN checkpoint is never evaluated as L2BN; one whose label set, input shape or sample rate differs from
@@ -13,6 +13,12 @@ front-end and handed to every model that uses it. Writes ``leaderboard.md`` and 
 into ``--out``: per checkpoint the macro class-wise accuracy (DCASE's rank), accuracy, log loss,
 for audio the macro accuracy on devices seen in training and on unseen ones, parameters and MACs;
 and an ensemble row (the mean of the models' probabilities).
+
+DCASE 2025 device-specific systems: ``--device-model a=CKPT`` (once per device) routes each clip of
+that device (the list's device column, else the file name) to that model and every other clip to
+the first checkpoint (the general model); the last row is that system. ``--split predict`` writes
+the challenge's ``output.csv`` (``filename``, ``scene_label``, one probability per class) for the
+unlabeled predict list, from the last row's system (device-specific, ensemble or the one model).
 """
 
 from __future__ import annotations
@@ -32,7 +38,7 @@ import yaml
 
 from .cli import LINKED
 from .complexity import complexity_report
-from .dcase import dcase_report
+from .dcase import dcase_report, write_submission
 from .module import CheckpointMismatchError, ClassificationModule, architecture_mismatches
 
 __all__ = ["find_checkpoints", "evaluate_checkpoints", "main"]
@@ -59,18 +65,21 @@ def find_checkpoints(paths: list[str]) -> list[Path]:
 
 
 def _load(path: Path, data_settings: dict[str, Any], default: type[ClassificationModule]) -> ClassificationModule:
-    """The checkpoint's model, built from the checkpoint's own settings; its class from the run's
-    ``config.yaml`` (written by the CLI beside ``checkpoints/``), else ``default``."""
+    """The checkpoint's model, built from the checkpoint's own settings; its class as the CLI saved it
+    (the hyperparameters' ``_class_path``, or the run's ``config.yaml``), else ``default``."""
     checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     saved = checkpoint.get("hyper_parameters", {})
     mismatches = architecture_mismatches(data_settings, saved, tuple(k for k in LINKED if data_settings.get(k) is not None))
     if mismatches:
         mismatches = mismatches.replace(": model=", ": data=")
         raise CheckpointMismatchError(f"{path} does not fit the data: {mismatches}; evaluate it with the data it was trained on")
-    cls = default
+    class_path = saved.get("_class_path")  # LightningCLI saves it with the hyperparameters
     config = path.parent.parent / "config.yaml"
-    if config.is_file():
-        module_name, _, name = yaml.safe_load(config.read_text())["model"]["class_path"].rpartition(".")
+    if class_path is None and config.is_file():
+        class_path = yaml.safe_load(config.read_text())["model"]["class_path"]
+    cls = default
+    if class_path is not None:
+        module_name, _, name = class_path.rpartition(".")
         cls = getattr(importlib.import_module(module_name), name)
     return cls.load_from_checkpoint(path, map_location="cpu").eval()
 
@@ -119,9 +128,12 @@ def evaluate_checkpoints(
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = argparse.ArgumentParser(prog="python -m l2bn_lit.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoints", nargs="+", help="checkpoint files or run/sweep folders")
-    parser.add_argument("--out", default="runs/evaluate", help="folder for leaderboard.md and leaderboard.csv")
-    parser.add_argument("--split", choices=("test", "val"), default="test")
+    parser.add_argument("checkpoints", nargs="+", help="checkpoint files or run/sweep folders (with --device-model: the first is the general model)")
+    parser.add_argument("--out", default="runs/evaluate", help="folder for leaderboard.md/csv (and output.csv with --split predict)")
+    parser.add_argument("--split", choices=("test", "val", "predict"), default="test",
+                        help="predict: the unlabeled predict list; writes the challenge's output.csv")
+    parser.add_argument("--device-model", action="append", default=[], metavar="DEVICE=CKPT",
+                        help="DCASE 2025 device-specific model (repeat per device): clips of DEVICE go to CKPT, others to the general model")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     own, cli_args = _split_args(parser, argv)
     from .cli import main as cli_main
@@ -131,41 +143,50 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if getattr(data, "feature_cache", None) is not None:
         log.warning("evaluate computes the features itself, once per front-end: the feature cache is not used")
         data.feature_cache = None
-    data.setup("test" if own.split == "test" else "fit")
-    loader = data.test_dataloader() if own.split == "test" else data.val_dataloader()
+    data.setup("fit" if own.split == "val" else "test")
+    loader = {"test": data.test_dataloader, "val": data.val_dataloader, "predict": data.predict_dataloader}[own.split]()
     data_settings = {key: getattr(data, key, None) for key in LINKED}
     paths = find_checkpoints(own.checkpoints)
+    routes = dict(_route(item) for item in own.device_model)
     device = torch.device(own.device)
-    models = [_load(path, data_settings, type(cli.model)).to(device) for path in paths]
+    models = [_load(path, data_settings, type(cli.model)).to(device) for path in [*paths, *routes.values()]]
 
     def transfer(batch: Any) -> Any:  # the device-resident image pipeline gathers its batch here
         return data.on_after_batch_transfer(batch, 0) if hasattr(data, "on_after_batch_transfer") else batch
 
     probs, labels = evaluate_checkpoints(models, loader, device, transfer)
-    dataset = data.test_set if own.split == "test" else data.val_set
-    files = getattr(getattr(dataset, "dataset", dataset), "files", None)
-    devices = None
-    if files is not None and hasattr(data, "train_table"):
-        from datamodules.tau_layout import device_of
-
-        if own.split == "val":
-            files = [files[i] for i in dataset.indices]
-        devices = [device_of(f) for f in files]
+    dataset = {"test": data.test_set, "val": data.val_set, "predict": getattr(data, "predict_set", None)}[own.split]
+    clips = getattr(dataset, "dataset", dataset)
+    devices = getattr(clips, "devices", None)
+    if devices is not None and own.split == "val":
+        devices = [devices[i] for i in dataset.indices]
     known = set(data.train_table["device"]) if hasattr(data, "train_table") else set()
     class_names = list(data.class_names)
-    rows = []
-    for path, model, p in zip(paths, models, probs):
-        size = complexity_report(model, list(model.hparams.input_shape))
-        macs = size.get("macs_network", size["macs"])
-        rows.append({"checkpoint": str(path), "norm": model.hparams.norm, **_metrics(p, labels, devices, known, class_names),
-                     "parameters": size["parameters"], "MACs": macs})
-    if len(models) > 1:
-        ensemble = np.mean(probs, axis=0)
-        rows.append({"checkpoint": f"ensemble (mean of {len(models)})", "norm": "-", **_metrics(ensemble, labels, devices, known, class_names),
-                     "parameters": sum(r["parameters"] for r in rows), "MACs": sum(r["MACs"] for r in rows)})
-    table = pd.DataFrame(rows)
+    general = probs[: len(paths)]
+    candidates = [(str(path), model, p) for path, model, p in zip(paths, models, general)]
+    if routes:
+        routed = _routed(general[0], dict(zip(routes, probs[len(paths) :])), devices)
+        candidates.append((f"device-specific ({', '.join(routes)}; others: {paths[0].name})", None, routed))
+    elif len(paths) > 1:
+        candidates.append((f"ensemble (mean of {len(paths)})", None, np.mean(general, axis=0)))
     out = Path(own.out)
     out.mkdir(parents=True, exist_ok=True)
+    if own.split == "predict":
+        files = clips.files
+        write_submission(out / "output.csv", files, candidates[-1][2], class_names)
+        print(f"{out / 'output.csv'}: {len(files)} clips, from {candidates[-1][0]}")
+        return pd.DataFrame({"filename": files})
+    rows = []
+    for name, model, p in candidates:
+        size = _size(model) if model is not None else {"parameters": sum(r["parameters"] for r in rows), "MACs": None}
+        rows.append({"checkpoint": name, "norm": model.hparams.norm if model is not None else "-",
+                     **_metrics(p, labels, devices, known, class_names), **size})
+    if routes:  # the device-specific system: general + one model per routed device
+        rows[-1]["parameters"] = sum(_size(m)["parameters"] for m in [models[0], *models[len(paths) :]])
+        rows[-1]["MACs"] = max(_size(m)["MACs"] for m in [models[0], *models[len(paths) :]])
+    elif len(paths) > 1:
+        rows[-1]["MACs"] = sum(r["MACs"] for r in rows[:-1])
+    table = pd.DataFrame(rows)
     table.to_csv(out / "leaderboard.csv", index=False)
     markdown = table.to_markdown(index=False, floatfmt=".4f")
     (out / "leaderboard.md").write_text(f"{len(labels)} clips/images of the {own.split} split\n\n{markdown}\n")
@@ -173,9 +194,32 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     return table
 
 
+def _size(model: ClassificationModule) -> dict[str, int]:
+    report = complexity_report(model, list(model.hparams.input_shape))
+    return {"parameters": report["parameters"], "MACs": report.get("macs_network", report["macs"])}
+
+
+def _route(item: str) -> tuple[str, Path]:
+    device, sep, path = item.partition("=")
+    if not sep or not device or not Path(path).is_file():
+        raise ValueError(f"--device-model {item!r}: give DEVICE=CHECKPOINT with an existing checkpoint, e.g. a=runs/a/best.ckpt")
+    return device, Path(path)
+
+
+def _routed(general: np.ndarray, by_device: dict[str, np.ndarray], devices: list[str] | None) -> np.ndarray:
+    """Each clip's probabilities from its device's model, or from the general model."""
+    if devices is None:
+        raise ValueError("--device-model needs each clip's recording device (audio data in the TAU layout)")
+    routed = general.copy()
+    for device, probs in by_device.items():
+        mask = np.asarray(devices) == device
+        routed[mask] = probs[mask]
+    return routed
+
+
 def _split_args(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """This tool's own arguments, and the LightningCLI options (``--config``, ``--data.*``, ...)."""
-    own_options = {"--out", "--split", "--device"}
+    own_options = {"--out", "--split", "--device", "--device-model"}
     mine, cli, i = [], [], 0
     while i < len(argv):
         item = argv[i]

@@ -71,6 +71,9 @@ class ClassificationModule(pl.LightningModule):
             uncompiled model and back.
         channels_last: keep the network's weights and 4-D input batches in channels_last memory
             format (faster convolutions on GPUs with tensor cores, and under ``torch.compile``).
+        init_from: a checkpoint of this project whose network weights start this model (fine-tuning,
+            e.g. a device-specific model from a general one); its architecture and norm must be this
+            model's (else :class:`CheckpointMismatchError`). Not a resume: optimizer and epoch start anew.
     """
 
     #: hyperparameters that define the network; a checkpoint must agree with the model on them
@@ -103,10 +106,13 @@ class ClassificationModule(pl.LightningModule):
         class_names: list[str] | None = None,
         compile: bool | str = False,
         channels_last: bool = False,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.network = initialize(self.build_network(), init)
+        if init_from is not None:
+            self._load_network_weights(init_from)
         if channels_last:
             self.network.to(memory_format=torch.channels_last)
         if compile:
@@ -140,6 +146,16 @@ class ClassificationModule(pl.LightningModule):
         if not mixes:
             return None
         return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
+
+    def _load_network_weights(self, path: str) -> None:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"init_from={path!r}: no such checkpoint")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        mismatches = architecture_mismatches(dict(self.hparams), checkpoint.get("hyper_parameters", {}), self.architecture_keys)
+        if mismatches:
+            raise CheckpointMismatchError(f"init_from={path}: the checkpoint's network differs from this model's: {mismatches}")
+        state = {k.removeprefix("network."): v for k, v in checkpoint["state_dict"].items() if k.startswith("network.")}
+        self.network.load_state_dict(state)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.hparams.channels_last and x.dim() == 4:

@@ -8,7 +8,6 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from datamodules.tau_layout import device_of
 from l2bn_lit.dcase import dcase_report, write_submission
 from l2bn_lit.module import ClassificationModule, run_folder
 
@@ -102,8 +101,9 @@ class AudioSceneClassifier(ClassificationModule):
         if self.trainer.world_size > 1:
             warnings.warn("the DCASE report needs every test clip in one process: run test with --trainer.devices 1", stacklevel=2)
             return
-        files = self.trainer.datamodule.test_set.files[: len(labels)]  # in order; fewer with limit_test_batches
-        report = dcase_report(probs, labels, [device_of(f) for f in files], self.hparams.class_names or [])
+        test_set = self.trainer.datamodule.test_set
+        files = test_set.files[: len(labels)]  # in order; fewer with limit_test_batches
+        report = dcase_report(probs, labels, test_set.devices[: len(labels)], self.hparams.class_names or [])
         if not self.trainer.fast_dev_run:
             report.write(folder)
         print(f"\nDCASE report ({len(files)} clips)\n{report}")

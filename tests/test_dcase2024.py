@@ -105,3 +105,34 @@ def test_task_config_trains_and_tests(tau2022, tmp_path):
     test = pd.read_csv(tau2022 / "split_setup" / "test.csv", sep="\t")["filename"]
     unseen = int(test.str.contains(r"-s[456]\.wav$").sum())
     assert unseen > 0 and devices.set_index("device").loc["unseen simulated", "support"] == unseen
+
+
+def test_device_subset_keeps_the_label_set(root):
+    everything = TAUScenesDataModule(str(root), sample_rate=16000, duration=1.0)
+    only_a = TAUScenesDataModule(str(root), sample_rate=16000, duration=1.0, devices=["a"])
+    assert set(only_a.train_table["device"]) == {"a"} and len(only_a.train_table) == (everything.train_table["device"] == "a").sum()
+    assert only_a.class_names == everything.class_names  # a device-specific model keeps the general one's classes
+    only_a.setup("fit")
+    everything.setup("fit")
+    assert {Path(f).stem.rsplit("-", 1)[-1] for f in only_a.train_set.dataset.files} == {"a"}
+    assert only_a.test_set.files == everything.test_set.files  # the test list is not filtered
+    with pytest.raises(ValueError, match=r"devices=\['s9'\]: \['s9'\] not in"):
+        TAUScenesDataModule(str(root), sample_rate=16000, duration=1.0, devices=["s9"])
+
+
+def test_init_from_starts_from_a_checkpoints_network(synthetic_root, tmp_path):
+    from models import AudioSceneClassifier
+    from l2bn_lit.module import CheckpointMismatchError
+
+    config = str(ROOT / "configs" / "quickstart_dcase.yaml")
+    cli = main(["fit", "--config", config, "--data.init_args.root", str(synthetic_root), "--trainer.max_epochs", "1",
+                "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path), "--test_after_fit", "false"])
+    ckpt = str(tmp_path / "csv" / "version_0" / "checkpoints" / "last.ckpt")
+    hp = {k: v for k, v in cli.model.hparams.items() if k not in ("init_from", "_class_path", "_instantiator")}
+    torch.manual_seed(123)
+    tuned = AudioSceneClassifier(**{**hp, "init_from": ckpt})
+    trained = torch.load(ckpt, weights_only=False)["state_dict"]
+    for key, value in tuned.state_dict().items():
+        assert torch.equal(value, trained[key]), key
+    with pytest.raises(CheckpointMismatchError, match="init_from=.*norm"):
+        AudioSceneClassifier(**{**hp, "norm": "bn" if hp["norm"] == "l2bn" else "l2bn", "init_from": ckpt})

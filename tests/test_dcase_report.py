@@ -59,3 +59,13 @@ def test_cli_test_and_predict_write_the_dcase_files(tmp_path):
     assert submission["filename"].tolist() == listed["filename"].tolist()
     assert list(submission.columns[2:]) == fit.model.hparams.class_names
     np.testing.assert_allclose(submission.iloc[:, 2:].sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_submission_header_is_the_task_examples(tmp_path):
+    """The header of the DCASE 2024/2025 Task 1 example output file (tab-separated)."""
+    scenes = ["airport", "bus", "metro", "metro_station", "park", "public_square", "shopping_mall", "street_pedestrian",
+              "street_traffic", "tram"]
+    write_submission(tmp_path / "output.csv", ["audio/1.wav"], np.full((1, 10), 0.1), scenes)
+    header = (tmp_path / "output.csv").read_text().splitlines()[0]
+    published = "filename\tscene_label\tairport\tbus\tmetro\tmetro_station\tpark\tpublic_square\tshopping_mall\tstreet_pedestrian\tstreet_traffic\ttram"
+    assert header == published

@@ -80,3 +80,42 @@ def test_checkpoints_that_do_not_fit_the_data_are_refused(runs, tmp_path):
         evaluate(["--config", str(ROOT / "configs" / "quickstart.yaml"), str(folder / "bn"), "--out", str(tmp_path)])
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         find_checkpoints([str(tmp_path / "nothing")])
+
+
+def test_device_specific_models_route_their_devices_clips(runs, synthetic_root, tmp_path, monkeypatch):
+    import l2bn_lit.evaluate as module
+
+    folder, _ = runs
+    captured = {}
+    real = module.evaluate_checkpoints
+
+    def spy(models, loader, device, transfer=None):
+        captured["probs"], captured["labels"] = real(models, loader, device, transfer)
+        return captured["probs"], captured["labels"]
+
+    monkeypatch.setattr(module, "evaluate_checkpoints", spy)
+    general, device_a = find_checkpoints([str(folder / "bn")])[0], find_checkpoints([str(folder / "l2bn")])[0]
+    table = evaluate(["--config", DCASE, "--data.init_args.root", str(synthetic_root), str(general),
+                      "--device-model", f"a={device_a}", "--out", str(tmp_path)])
+    test = pd.read_csv(synthetic_root / "evaluation_setup" / "fold1_evaluate.csv", sep="\t")
+    is_a = test["filename"].str.endswith("-a.wav").to_numpy()
+    assert 0 < is_a.sum() < len(is_a)
+    bn, l2bn = captured["probs"]
+    routed = np.where(is_a[:, None], l2bn, bn)
+    labels = captured["labels"]
+    assert table.iloc[-1]["checkpoint"].startswith("device-specific (a;")
+    assert table.iloc[-1]["log loss"] == pytest.approx(float(-np.log(routed[np.arange(len(labels)), labels]).mean()))
+    with pytest.raises(ValueError, match="--device-model 'a': give DEVICE=CHECKPOINT"):
+        evaluate(["--config", DCASE, "--data.init_args.root", str(synthetic_root), str(general), "--device-model", "a"])
+
+
+def test_predict_writes_the_challenge_output_file(runs, synthetic_root, tmp_path):
+    folder, _ = runs
+    evaluate(["--config", DCASE, "--data.init_args.root", str(synthetic_root), str(folder), "--split", "predict", "--out", str(tmp_path)])
+    output = pd.read_csv(tmp_path / "output.csv", sep="\t")
+    listed = pd.read_csv(synthetic_root / "evaluation_setup" / "fold1_test.csv", sep="\t")["filename"]
+    assert list(output.columns) == ["filename", "scene_label", "airport", "bus", "metro", "park", "street_traffic"]
+    assert output["filename"].tolist() == listed.tolist()
+    probs = output.iloc[:, 2:].to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
+    assert (output["scene_label"] == output.columns[2:][probs.argmax(1)]).all()
