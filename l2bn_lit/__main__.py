@@ -2,6 +2,7 @@
 
     l2bn fit|validate|test|predict --config configs/<x>.yaml [...]   LightningCLI (as python cli.py ...)
     l2bn sweep --config ... --norms bn l2bn --seeds 0 1 2 [...]    norm x seed sweeps (l2bn_lit.sweep)
+    l2bn ablation --config ... --cell NAME=OPTIONS [...]           one sweep per cell, one factor table (l2bn_lit.ablation)
     l2bn results FOLDER [--metric test/acc]                        collect finished runs (l2bn_lit.results)
     l2bn complexity --config configs/<x>.yaml [--bits 16] [...]    parameters, MACs and the DCASE limits of a config's model
     l2bn data list|download|check [...]                            get and check DCASE data (l2bn_lit.data)
@@ -15,7 +16,7 @@ import json
 import sys
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
-TOOLS = ("sweep", "results", "complexity", "data", "evaluate")
+TOOLS = ("sweep", "ablation", "results", "complexity", "data", "evaluate")
 
 
 def complexity(argv: list[str]) -> dict[str, int]:
@@ -58,6 +59,10 @@ def main(argv: list[str] | None = None) -> None:
         from .sweep import main as sweep_main
 
         sweep_main(rest)
+    elif command == "ablation":
+        from .ablation import main as ablation_main
+
+        ablation_main(rest)
     elif command == "results":
         from .results import main as results_main
 

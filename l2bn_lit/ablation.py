@@ -1,0 +1,105 @@
+"""Factor ablations: one norm x seed sweep per cell (a named set of CLI options), then one table.
+
+    python -m l2bn_lit.ablation --config configs/<x>.yaml --seeds 0 1 --out runs/ablation \\
+        --cell baseline= --cell init_torch="--model.init_args.init torch" [--cell ...] \\
+        [--norms bn l2bn] [--parallel K] [-- OPTIONS FOR EVERY RUN]
+
+Each cell is :mod:`l2bn_lit.sweep` run into ``OUT/<cell>`` with the common options, then the cell's own
+(finished runs are kept, so an interrupted ablation resumes; ``--report-only`` only tabulates). Writes
+``OUT/ablation.md`` and ``OUT/ablation.csv``: per cell and norm the mean and std of the metric, the
+paired difference of each norm against the first (by seed, 95% Student-t interval), and how that
+difference moved against the first cell's, paired by seed as well (a difference of differences).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+from pathlib import Path
+
+import pandas as pd
+from scipy import stats
+
+from . import sweep
+from .results import norm_label
+
+__all__ = ["ablation_table", "main"]
+
+
+def _interval(values: pd.Series, level: float = 0.95) -> tuple[float, float, float]:
+    n, mean, std = len(values), values.mean(), values.std()
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * std / math.sqrt(n) if n > 1 else math.nan
+    return mean, mean - half, mean + half
+
+
+def ablation_table(cells: dict[str, pd.DataFrame], norms: list[str], metric: str) -> pd.DataFrame:
+    """One row per cell from each cell's sweep runs (``norm``, ``seed``, ``metric`` columns)."""
+    base_cell = next(iter(cells))
+    gaps: dict[str, pd.Series] = {}
+    rows = []
+    for cell, runs in cells.items():
+        by_norm = {norm: runs[runs["norm"] == norm].set_index("seed")[metric] for norm in norms}
+        row: dict[str, object] = {"cell": cell}
+        for norm, values in by_norm.items():
+            row[f"{norm} mean"], row[f"{norm} std"], row[f"{norm} runs"] = values.mean(), values.std(), len(values)
+        for norm in norms[1:]:
+            seeds = sorted(set(by_norm[norm].index) & set(by_norm[norms[0]].index))
+            gap = by_norm[norm].loc[seeds] - by_norm[norms[0]].loc[seeds]
+            gaps[cell] = gap
+            label = f"{norm} - {norms[0]}"
+            row[label], row[f"{label} ci low"], row[f"{label} ci high"] = _interval(gap)
+            if cell != base_cell:
+                common = sorted(set(gap.index) & set(gaps[base_cell].index))
+                moved = gap.loc[common] - gaps[base_cell].loc[common]
+                row[f"gap change vs {base_cell}"], row["change ci low"], row["change ci high"] = _interval(moved)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def main(argv: list[str] | None = None) -> pd.DataFrame:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True)
+    parser.add_argument("--cell", action="append", required=True, metavar="NAME=OPTIONS",
+                        help="a cell: its name and its CLI options (shell-quoted; empty for the baseline); the first is the reference")
+    parser.add_argument("--norms", nargs="+", default=["bn", "l2bn"])
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
+    parser.add_argument("--out", default="runs/ablation")
+    parser.add_argument("--metric", default="test/acc")
+    parser.add_argument("--parallel", type=int, default=1)
+    parser.add_argument("--report-only", action="store_true", help="tabulate the finished cells, run nothing")
+    parser.add_argument("cli", nargs=argparse.REMAINDER, help="after --: options passed to every run of every cell")
+    args = parser.parse_args(argv)
+    common = args.cli[1:] if args.cli[:1] == ["--"] else args.cli
+    cells: dict[str, list[str]] = {}
+    for item in args.cell:
+        name, sep, options = item.partition("=")
+        if not sep or not name or "/" in name:
+            raise SystemExit(f"--cell {item!r}: give NAME=OPTIONS (NAME a folder name), e.g. init_torch='--model.init_args.init torch'")
+        cells[name] = shlex.split(options)
+    out = Path(args.out)
+    norms = [norm_label(*sweep.parse_arm(arm)) for arm in args.norms]
+    results = {}
+    for name, options in cells.items():
+        folder = out / name
+        if not args.report_only:
+            sweep_args = ["--config", args.config, "--norms", *args.norms, "--seeds", *map(str, args.seeds), "--out", str(folder),
+                          "--metrics", args.metric, "--parallel", str(args.parallel), "--", *common, *options]
+            sweep.main(sweep_args)
+        if not (folder / "sweep.csv").is_file():
+            raise SystemExit(f"cell {name}: {folder / 'sweep.csv'} missing (run without --report-only)")
+        results[name] = pd.read_csv(folder / "sweep.csv")
+    table = ablation_table(results, norms, args.metric)
+    table.to_csv(out / "ablation.csv", index=False)
+    command = shlex.join(["python", "-m", "l2bn_lit.ablation", "--config", args.config, *[f"--cell={c}" for c in args.cell],
+                          "--norms", *args.norms, "--seeds", *map(str, args.seeds), "--", *common])
+    cell_lines = [f"- `{name}`: `{shlex.join(options) or '(the config as it is)'}`" for name, options in cells.items()]
+    report = "\n".join([f"# Ablation: {args.config}, {args.metric}", "", f"Command: `{command}`", "", "Cells:", *cell_lines, "",
+                        table.to_markdown(index=False, floatfmt=".4f"), ""])
+    (out / "ablation.md").write_text(report)
+    print(report)
+    return table
+
+
+if __name__ == "__main__":
+    main()
