@@ -61,7 +61,9 @@ class ClassificationModule(pl.LightningModule):
         schedule: ``multistep`` (``milestones`` in epochs, ``gamma``; the ResNet-CIFAR recipe),
             ``cosine`` (per step, after ``warmup_epochs`` of linear warm-up), ``cosine_restarts``
             (SGDR: first period ``restart_epochs``, each next one ``restart_mult`` times longer; the
-            DCASE ResNet recipe), ``onecycle`` or ``constant``.
+            DCASE ResNet recipe), ``onecycle`` (``torch.optim.lr_scheduler.OneCycleLR`` to ``lr``, warming
+            up over the first ``pct_start`` of the steps; with ``cycle_momentum`` SGD's momentum cycles
+            between 0.85 and 0.95 against the learning rate, replacing ``momentum``) or ``constant``.
         label_smoothing: cross-entropy label smoothing.
         mixup_alpha, cutmix_alpha: batch mixup / cutmix (torchvision's), off at 0; both on picks one per batch.
         class_names: names for the per-class report (default: class indices).
@@ -100,6 +102,8 @@ class ClassificationModule(pl.LightningModule):
         warmup_epochs: float = 0.0,
         restart_epochs: int = 2,
         restart_mult: int = 2,
+        pct_start: float = 0.3,
+        cycle_momentum: bool = True,
         label_smoothing: float = 0.0,
         mixup_alpha: float = 0.0,
         cutmix_alpha: float = 0.0,
@@ -264,7 +268,9 @@ class ClassificationModule(pl.LightningModule):
             return {"scheduler": torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, hp.gamma), "interval": "epoch"}
         total = int(self.trainer.estimated_stepping_batches)
         if hp.schedule == "onecycle":
-            scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=hp.lr, total_steps=total)
+            scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                optimizer, max_lr=hp.lr, total_steps=total, pct_start=hp.pct_start, cycle_momentum=hp.cycle_momentum
+            )
             return {"scheduler": scheduler, "interval": "step"}
         steps_per_epoch = max(1, total // max(1, self.trainer.max_epochs or 1))
         if hp.schedule == "cosine_restarts":

@@ -81,6 +81,28 @@ def test_onecycle_schedule_peaks_at_lr(tmp_path):
     assert lrs[0] < 0.3 / 10 and lrs[-1] < 0.3 / 100
 
 
+def test_onecycle_warmup_share_and_constant_momentum(tmp_path):
+    class Record(pl.Callback):
+        def __init__(self) -> None:
+            self.lrs: list[float] = []
+            self.momenta: list[float] = []
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+            group = trainer.optimizers[0].param_groups[0]
+            self.lrs.append(group["lr"])
+            self.momenta.append(group["momentum"])
+
+    default, fixed = Record(), Record()
+    _fit(_model(lr=0.3, schedule="onecycle"), tmp_path, max_epochs=2, callbacks=[default], limit_val_batches=0)
+    _fit(_model(lr=0.3, schedule="onecycle", pct_start=0.25, cycle_momentum=False, momentum=0.9), tmp_path, max_epochs=2,
+         callbacks=[fixed], limit_val_batches=0)
+    steps = len(fixed.lrs)
+    # torch's OneCycleLR peaks at step round(pct_start * total) - 1
+    assert fixed.lrs.index(max(fixed.lrs)) == round(0.25 * steps) - 1 and default.lrs.index(max(default.lrs)) == round(0.3 * steps) - 1
+    assert set(fixed.momenta) == {0.9}
+    assert min(default.momenta) == pytest.approx(0.85, abs=1e-3) and max(default.momenta) == pytest.approx(0.95, abs=1e-3)
+
+
 @pytest.mark.parametrize("options", [{"mixup_alpha": 0.4}, {"cutmix_alpha": 1.0}, {"mixup_alpha": 0.2, "cutmix_alpha": 1.0}])
 def test_mixup_and_cutmix_train_with_soft_targets(options, tmp_path):
     model = _model(label_smoothing=0.1, **options)
