@@ -14,23 +14,15 @@ difference moved against the first cell's, paired by seed as well (a difference 
 from __future__ import annotations
 
 import argparse
-import math
 import shlex
 from pathlib import Path
 
 import pandas as pd
-from scipy import stats
 
 from . import sweep
 from .results import norm_label
 
 __all__ = ["ablation_table", "main"]
-
-
-def _interval(values: pd.Series, level: float = 0.95) -> tuple[float, float, float]:
-    n, mean, std = len(values), values.mean(), values.std()
-    half = stats.t.ppf(0.5 + level / 2, n - 1) * std / math.sqrt(n) if n > 1 else math.nan
-    return mean, mean - half, mean + half
 
 
 def ablation_table(cells: dict[str, pd.DataFrame], norms: list[str], metric: str) -> pd.DataFrame:
@@ -48,11 +40,11 @@ def ablation_table(cells: dict[str, pd.DataFrame], norms: list[str], metric: str
             gap = by_norm[norm].loc[seeds] - by_norm[norms[0]].loc[seeds]
             gaps[cell] = gap
             label = f"{norm} - {norms[0]}"
-            row[label], row[f"{label} ci low"], row[f"{label} ci high"] = _interval(gap)
+            row[label], row[f"{label} ci low"], row[f"{label} ci high"] = sweep.t_interval(gap)
             if cell != base_cell:
                 common = sorted(set(gap.index) & set(gaps[base_cell].index))
                 moved = gap.loc[common] - gaps[base_cell].loc[common]
-                row[f"gap change vs {base_cell}"], row["change ci low"], row["change ci high"] = _interval(moved)
+                row[f"gap change vs {base_cell}"], row["change ci low"], row["change ci high"] = sweep.t_interval(moved)
         rows.append(row)
     return pd.DataFrame(rows)
 

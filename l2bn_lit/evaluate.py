@@ -176,14 +176,16 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
         write_submission(out / "output.csv", files, candidates[-1][2], class_names)
         print(f"{out / 'output.csv'}: {len(files)} clips, from {candidates[-1][0]}")
         return pd.DataFrame({"filename": files})
+    sizes = {id(model): _size(model) for model in models}  # once per model: each costs a counted forward pass
     rows = []
     for name, model, p in candidates:
-        size = _size(model) if model is not None else {"parameters": sum(r["parameters"] for r in rows), "MACs": None}
+        size = sizes[id(model)] if model is not None else {"parameters": sum(r["parameters"] for r in rows), "MACs": None}
         rows.append({"checkpoint": name, "norm": model.hparams.norm if model is not None else "-",
                      **_metrics(p, labels, devices, known, class_names), **size})
     if routes:  # the device-specific system: general + one model per routed device
-        rows[-1]["parameters"] = sum(_size(m)["parameters"] for m in [models[0], *models[len(paths) :]])
-        rows[-1]["MACs"] = max(_size(m)["MACs"] for m in [models[0], *models[len(paths) :]])
+        system = [sizes[id(m)] for m in [models[0], *models[len(paths) :]]]
+        rows[-1]["parameters"] = sum(size["parameters"] for size in system)
+        rows[-1]["MACs"] = max(size["MACs"] for size in system)
     elif len(paths) > 1:
         rows[-1]["MACs"] = sum(r["MACs"] for r in rows[:-1])
     table = pd.DataFrame(rows)

@@ -38,7 +38,7 @@ from scipy import stats
 from .analysis import CALLBACKS, analysis_summary, compare_runs
 from .results import collect_runs, norm_label, summary_table
 
-__all__ = ["paired_differences", "parse_arm", "run_command", "main"]
+__all__ = ["t_interval", "paired_differences", "parse_arm", "run_command", "main"]
 
 
 def parse_arm(arm: str) -> tuple[str, dict[str, Any]]:
@@ -79,6 +79,13 @@ def run_command(config: str, arm: str, seed: int, out: Path, analysis: bool, ext
     return command + extra
 
 
+def t_interval(values: pd.Series, level: float = 0.95) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the Student-t ``level`` confidence interval of the mean (NaN bounds for one value)."""
+    n, mean, std = len(values), values.mean(), values.std()
+    half = stats.t.ppf(0.5 + level / 2, n - 1) * std / math.sqrt(n) if n > 1 else math.nan
+    return mean, mean - half, mean + half
+
+
 def paired_differences(runs: pd.DataFrame, metrics: list[str], norms: list[str], level: float = 0.95) -> pd.DataFrame:
     """``norm - norms[0]`` per metric, paired by seed: mean, std, the ``level`` confidence interval."""
     rows = []
@@ -88,10 +95,9 @@ def paired_differences(runs: pd.DataFrame, metrics: list[str], norms: list[str],
         seeds = sorted(set(base.index) & set(other.index))
         for metric in metrics:
             diff = other.loc[seeds, metric] - base.loc[seeds, metric]
-            n, mean, std = len(diff), diff.mean(), diff.std()
-            half = stats.t.ppf(0.5 + level / 2, n - 1) * std / math.sqrt(n) if n > 1 else math.nan
-            rows.append({"comparison": f"{norm} - {norms[0]}", "metric": metric, "pairs": n, "mean": mean, "std": std,
-                         "ci low": mean - half, "ci high": mean + half})
+            mean, low, high = t_interval(diff, level)
+            rows.append({"comparison": f"{norm} - {norms[0]}", "metric": metric, "pairs": len(diff), "mean": mean, "std": diff.std(),
+                         "ci low": low, "ci high": high})
     return pd.DataFrame(rows)
 
 
