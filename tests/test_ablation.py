@@ -29,8 +29,9 @@ def test_table_by_hand():
     assert math.isnan(table.loc["baseline", "gap change vs baseline"])
 
 
-def test_command_runs_each_cell_as_a_sweep_then_tabulates(tmp_path, monkeypatch):
-    calls = []
+def _record_sweeps(monkeypatch) -> list[list[str]]:
+    """Replaces the sweep by one that writes a fixed table into its ``--out``; returns its argv list."""
+    calls: list[list[str]] = []
 
     def fake_sweep(argv):
         calls.append(argv)
@@ -39,6 +40,11 @@ def test_command_runs_each_cell_as_a_sweep_then_tabulates(tmp_path, monkeypatch)
         _runs([0.7, 0.8], [0.7, 0.9]).to_csv(out / "sweep.csv", index=False)
 
     monkeypatch.setattr(ablation.sweep, "main", fake_sweep)
+    return calls
+
+
+def test_command_runs_each_cell_as_a_sweep_then_tabulates(tmp_path, monkeypatch):
+    calls = _record_sweeps(monkeypatch)
     table = ablation.main(["--config", "c.yaml", "--cell", "baseline=", "--cell", "init=--model.init_args.init torch",
                            "--seeds", "0", "1", "--out", str(tmp_path), "--parallel", "2", "--", "--trainer.max_epochs", "4"])
     assert calls[0][-3:] == ["--", "--trainer.max_epochs", "4"]
@@ -52,3 +58,11 @@ def test_command_runs_each_cell_as_a_sweep_then_tabulates(tmp_path, monkeypatch)
     assert len(calls) == 2 and again.equals(table)
     with pytest.raises(SystemExit, match="NAME=OPTIONS"):
         ablation.main(["--config", "c.yaml", "--cell", "no-equals-sign", "--out", str(tmp_path)])
+
+
+def test_a_quoted_json_value_in_a_cell_stays_one_option(tmp_path, monkeypatch):
+    calls = _record_sweeps(monkeypatch)
+    cell = """shortcut_a=--model.init_args.arch_options '{"shortcut": "A"}' --data.init_args.std '[0.2, 0.2, 0.2]'"""
+    ablation.main(["--config", "c.yaml", "--cell", cell, "--out", str(tmp_path)])
+    assert calls[0][-4:] == ["--model.init_args.arch_options", '{"shortcut": "A"}', "--data.init_args.std", "[0.2, 0.2, 0.2]"]
+    assert """`shortcut_a`: `--model.init_args.arch_options '{"shortcut": "A"}'""" in (tmp_path / "ablation.md").read_text()
