@@ -13,6 +13,11 @@ Defaults are the outside review's script (issue 12): option-A shortcuts, PyTorch
 init, weight decay on every parameter, one crop offset per batch, 25% warm-up, momentum fixed at 0.9,
 std (0.2023, 0.1994, 0.2010). Appends one row (settings, test accuracy, seconds) to ``--out``.
 Folder layout: ``<root>/{train,test}/<class>/*.jpg`` (the shared CIFAR-10 JPEG copy).
+
+    python benchmarks/reference_cifar_loop.py --summarize runs/loop.csv [more.csv ...]
+
+prints one row per setting: each norm's mean test accuracy and the L2BN - BN difference paired by
+seed with its 95% Student-t interval (the sweep's).
 """
 
 from __future__ import annotations
@@ -29,9 +34,11 @@ from torchvision.io import ImageReadMode, decode_image, read_file
 
 from l2bn_lit.nn import get_norm_layer
 from l2bn_lit.nn.init import initialize
+from l2bn_lit.sweep import paired_differences
 from models.cifar_resnet import resnet20
 
 MEAN = (0.4914, 0.4822, 0.4465)
+RESULT_COLUMNS = ("norm", "seed", "test_acc", "seconds")
 
 
 def load_split(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
@@ -75,9 +82,26 @@ def optimizer_for(model: torch.nn.Module, args: argparse.Namespace) -> torch.opt
     return torch.optim.SGD(groups, lr=args.lr, momentum=0.9, nesterov=True)  # OneCycleLR sets the lr
 
 
+def summarize(runs: pd.DataFrame, norms: tuple[str, str] = ("bn", "l2bn")) -> pd.DataFrame:
+    """One row per distinct setting of ``runs`` (the rows ``--out`` collects): each norm's mean test
+    accuracy and ``norms[1] - norms[0]`` paired by seed (mean, 95% interval), in points."""
+    settings = [c for c in runs.columns if c not in RESULT_COLUMNS]
+    rows = []
+    for values, group in runs.groupby(settings, sort=False):
+        gap = paired_differences(group, ["test_acc"], list(norms)).iloc[0]
+        means = group.groupby("norm")["test_acc"].mean()
+        changed = {k: v for k, v in zip(settings, values) if k not in ("epochs", "batch_size", "lr", "weight_decay")}
+        rows.append({"settings": " ".join(f"{k}={v}" for k, v in changed.items()), "pairs": gap["pairs"],
+                     **{norm: round(means[norm], 4) for norm in norms},
+                     f"{norms[1]} - {norms[0]}, points": round(100 * gap["mean"], 2),
+                     "95% CI": "—" if gap["pairs"] < 2 else f"({100 * gap['ci low']:+.2f}, {100 * gap['ci high']:+.2f})"})
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--root", type=Path, required=True, help="folder with train/ and test/ class folders")
+    parser.add_argument("--summarize", type=Path, nargs="+", help="tabulate these --out files instead of training")
+    parser.add_argument("--root", type=Path, help="folder with train/ and test/ class folders")
     parser.add_argument("--norm", default="l2bn", help="a norm name of l2bn_lit.nn.get_norm_layer")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--epochs", type=int, default=4)
@@ -91,8 +115,13 @@ def main() -> None:
     parser.add_argument("--pct-start", type=float, default=0.25)
     parser.add_argument("--cycle-momentum", action="store_true", help="cycle momentum 0.85-0.95 (torch's default)")
     parser.add_argument("--std", type=float, nargs=3, default=(0.2023, 0.1994, 0.2010))
-    parser.add_argument("--out", type=Path, required=True, help="CSV file to append the result row to")
+    parser.add_argument("--out", type=Path, help="CSV file to append the result row to")
     args = parser.parse_args()
+    if args.summarize:
+        print(summarize(pd.concat([pd.read_csv(path) for path in args.summarize])).to_markdown(index=False))
+        return
+    if args.root is None or args.out is None:
+        parser.error("training needs --root and --out")
 
     train_x, train_y = load_split(args.root / "train")
     test_x, test_y = load_split(args.root / "test")

@@ -73,3 +73,17 @@ def test_one_epoch_on_jpeg_folders_appends_a_result_row(tmp_path):
     rows = pd.read_csv(out)
     assert list(rows["norm"]) == ["bn", "l2bn"]
     assert rows["test_acc"].between(0, 1).all() and (rows["test_acc"] * 8).round(6).mod(1).eq(0).all()  # k of 8 images
+
+
+def test_summary_pairs_by_seed_within_each_setting():
+    runs = pd.DataFrame({
+        "norm": ["bn", "l2bn", "bn", "l2bn", "bn", "l2bn"], "seed": [0, 0, 1, 1, 0, 0],
+        "shortcut": ["A", "A", "A", "A", "B", "B"], "test_acc": [0.78, 0.74, 0.77, 0.75, 0.77, 0.76], "seconds": [1] * 6,
+    })
+    table = loop.summarize(runs).set_index("settings")
+    assert list(table.index) == ["shortcut=A", "shortcut=B"]
+    assert table.loc["shortcut=A", "bn"] == 0.775 and table.loc["shortcut=A", "l2bn"] == 0.745
+    assert table.loc["shortcut=A", "l2bn - bn, points"] == -3.0  # pairs -4 and -2
+    # 95% t interval of (-4, -2): -3 +- t(0.975, 1) * sqrt(2) / sqrt(2) = -3 +- 12.706
+    assert table.loc["shortcut=A", "95% CI"] == "(-15.71, +9.71)" and table.loc["shortcut=A", "pairs"] == 2
+    assert table.loc["shortcut=B", "l2bn - bn, points"] == -1.0 and table.loc["shortcut=B", "95% CI"] == "—"
