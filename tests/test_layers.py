@@ -198,3 +198,22 @@ def test_functional_validates_shapes_and_eval_buffers():
         l2_batch_norm(x, None, None, training=True),
         F.batch_norm(F.normalize(x.flatten(1)).view_as(x), None, None, training=True),
     )
+
+
+@pytest.mark.parametrize("norm_cls", [nn.BatchNorm2d, L2BN2d])
+def test_a_common_input_scale_changes_neither_output_nor_weight_gradient_of_conv_then_norm(norm_cls):
+    """docs/results.md (normalization constants): dividing the images by another std scales the first
+    convolution's input, i.e. its weights, to which the norm after it is blind; so the forward pass and
+    the weight gradient are the same (float64, a negligible eps so that the statement is exact)."""
+    torch.manual_seed(0)
+    x, probe = torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.randn(4, 5, 8, 8, dtype=torch.float64)
+    results = []
+    for scale in (1.0, 1.22):
+        conv = nn.Conv2d(3, 5, 3, padding=1, bias=False).double()
+        torch.manual_seed(1)
+        conv.reset_parameters()
+        out = norm_cls(5, eps=1e-30).double()(conv(x * scale))
+        (out * probe).sum().backward()
+        results.append((out.detach(), conv.weight.grad))
+    torch.testing.assert_close(results[0][0], results[1][0], rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(results[0][1], results[1][1], rtol=1e-10, atol=1e-12)
