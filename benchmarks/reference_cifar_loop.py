@@ -83,15 +83,17 @@ def optimizer_for(model: torch.nn.Module, args: argparse.Namespace) -> torch.opt
 
 
 def summarize(runs: pd.DataFrame, norms: tuple[str, str] = ("bn", "l2bn")) -> pd.DataFrame:
-    """One row per distinct setting of ``runs`` (the rows ``--out`` collects): each norm's mean test
-    accuracy and ``norms[1] - norms[0]`` paired by seed (mean, 95% interval), in points."""
+    """One row per distinct setting of ``runs`` (the rows ``--out`` collects), labelled by the settings
+    that differ between rows: each norm's mean test accuracy and ``norms[1] - norms[0]`` paired by
+    seed (mean, 95% interval), in points."""
     settings = [c for c in runs.columns if c not in RESULT_COLUMNS]
+    varying = [c for c in settings if runs[c].astype(str).nunique() > 1] or settings  # the label names these
     rows = []
     for values, group in runs.groupby(settings, sort=False):
         gap = paired_differences(group, ["test_acc"], list(norms)).iloc[0]
         means = group.groupby("norm")["test_acc"].mean()
-        changed = {k: v for k, v in zip(settings, values) if k not in ("epochs", "batch_size", "lr", "weight_decay")}
-        rows.append({"settings": " ".join(f"{k}={v}" for k, v in changed.items()), "pairs": gap["pairs"],
+        label = " ".join(f"{k}={v}" for k, v in zip(settings, values) if k in varying)
+        rows.append({"settings": label, "pairs": gap["pairs"],
                      **{norm: round(means[norm], 4) for norm in norms},
                      f"{norms[1]} - {norms[0]}, points": round(100 * gap["mean"], 2),
                      "95% CI": "—" if gap["pairs"] < 2 else f"({100 * gap['ci low']:+.2f}, {100 * gap['ci high']:+.2f})"})
