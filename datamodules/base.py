@@ -13,6 +13,8 @@ import torch
 from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 
+from l2bn_lit.resume import collect_rng_states, restore_rng_states
+
 
 class EpochShuffleSampler(Sampler[int]):
     """Shuffles with a permutation that depends only on ``(seed, epoch)``.
@@ -36,6 +38,43 @@ class EpochShuffleSampler(Sampler[int]):
     def __iter__(self):
         generator = torch.Generator().manual_seed(self.seed + self.epoch)
         return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader whose next iteration starts after ``skip_batches`` batches (then 0 again): the
+    training loader of a run resumed from a checkpoint written mid-epoch (a preemption).
+
+    The skipped batches are drawn and dropped, so the rest of the epoch sees exactly the batches an
+    uninterrupted run would, whatever sampler wraps the order (Lightning's distributed sampler
+    under DDP) and whatever the workers do. ``skip_batches`` is a constructor argument kept as an
+    attribute of the same name, so it survives Lightning re-creating the loader (DDP sampler
+    injection). The position itself is saved and restored by :class:`ClassificationDataModule`
+    from the trainer's progress; ``state_dict``/``load_state_dict`` tell Lightning that this loader
+    resumes mid-epoch (it warns about loaders that do not).
+    """
+
+    def __init__(self, *args, skip_batches: int = 0, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.skip_batches = skip_batches
+
+    def __iter__(self):
+        skip, self.skip_batches = self.skip_batches, 0
+        if skip == 0:
+            return super().__iter__()
+        # the checkpoint's random state is the one after these batches: starting the iterator (it
+        # draws its workers' base seed) and drawing the skipped batches must not move it
+        state = collect_rng_states()
+        iterator = super().__iter__()
+        for _ in range(skip):
+            next(iterator)
+        restore_rng_states(state)
+        return iterator
+
+    def state_dict(self) -> dict[str, int]:
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """The datamodule has already set ``skip_batches`` (see the class docstring)."""
 
 
 def _on_gpu(trainer: pl.Trainer | None) -> bool:
@@ -102,6 +141,25 @@ class ClassificationDataModule(pl.LightningDataModule):
         self.train_set: Dataset | None = None
         self.val_set: Dataset | None = None
         self.test_set: Dataset | None = None
+        self._sampler_seed: int | None = None
+        self._resume_at: tuple[int, int] | None = None  # (epoch, batches done) of a mid-epoch checkpoint
+
+    def state_dict(self) -> dict[str, int]:
+        """Saved in every checkpoint: the training order's seed and, for a checkpoint written mid-epoch
+        (a preemption), that epoch and the training batches of it already done."""
+        state = {} if self._sampler_seed is None else {"sampler_seed": self._sampler_seed}
+        trainer = self.trainer
+        if trainer is not None and trainer.training and trainer.num_training_batches != float("inf"):
+            done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
+            if 0 < done < trainer.num_training_batches:
+                state.update(epoch=trainer.current_epoch, train_batches_done=done)
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """Resuming: the same training order, continuing after the batches already done."""
+        self._sampler_seed = state_dict.get("sampler_seed", self._sampler_seed)
+        if state_dict.get("train_batches_done"):
+            self._resume_at = (state_dict["epoch"], state_dict["train_batches_done"])
 
     @abstractmethod
     def build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
@@ -136,12 +194,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         assert dataset is not None, "call setup() first"
         sampler = None
         if shuffle:
-            # Under DDP Lightning wraps this sampler and gives rank r every world_size-th index of its
-            # order, so every rank must draw the same order: rank 0's seed, also when no seed was set.
-            seed = torch.initial_seed()
-            if self.trainer is not None and self.trainer.world_size > 1:
-                seed = self.trainer.strategy.broadcast(seed)
-            sampler = EpochShuffleSampler(len(dataset), seed)
+            sampler = EpochShuffleSampler(len(dataset), self._training_seed())
         num_workers = overrides.pop("num_workers", None)
         num_workers = self.loader_workers() if num_workers is None else num_workers
         pin_memory = _on_gpu(self.trainer) if self.pin_memory is None else self.pin_memory
@@ -153,10 +206,29 @@ class ClassificationDataModule(pl.LightningDataModule):
             "persistent_workers": self.persistent_workers and num_workers > 0,
             "drop_last": shuffle and len(dataset) > self.batch_size,
         }
+        if shuffle:  # the training loader
+            return ResumableDataLoader(dataset, **{**options, **overrides})
         return DataLoader(dataset, **{**options, **overrides})
 
+    def _training_seed(self) -> int:
+        """The training order's seed: a resumed run's saved one, else the process's initial seed.
+
+        Under DDP Lightning wraps the sampler and gives rank r every world_size-th index of its order,
+        so every rank must draw the same order: rank 0's seed, also when no seed was set."""
+        if self._sampler_seed is None:
+            seed = torch.initial_seed()
+            if self.trainer is not None and self.trainer.world_size > 1:
+                seed = self.trainer.strategy.broadcast(seed)
+            self._sampler_seed = seed
+        return self._sampler_seed
+
     def train_dataloader(self) -> DataLoader:
-        return self._loader(self.train_set, shuffle=True)
+        if self._resume_at is None:
+            return self._loader(self.train_set, shuffle=True)
+        (epoch, done), self._resume_at = self._resume_at, None
+        loader = self._loader(self.train_set, shuffle=True, skip_batches=done)
+        loader.sampler.set_epoch(epoch)  # skipping draws the order now, before Lightning sets the epoch
+        return loader
 
     def val_dataloader(self) -> DataLoader | list:
         """The validation loader; ``[]`` (Lightning then skips validation) when ``val_fraction`` is 0."""
@@ -167,3 +239,4 @@ class ClassificationDataModule(pl.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self.test_set, shuffle=False)
+

@@ -45,7 +45,13 @@ def complexity(argv: list[str]) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else list(argv)
+    """The ``l2bn`` console script: every command with short errors (:func:`l2bn_lit.errors.run_command`)."""
+    from .errors import run_command
+
+    run_command(_dispatch, argv)
+
+
+def _dispatch(argv: list[str]) -> None:
     if not argv or argv[0] in ("-h", "--help"):
         print(__doc__)
         return

@@ -23,21 +23,27 @@ import importlib
 import importlib.util
 import inspect
 import logging
+import sys
+from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import pytorch_lightning as pl
-import torch
+from jsonargparse import ActionConfigFile
+from lightning_fabric.plugins.io.checkpoint_io import CheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
 from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.plugins.layer_sync import LayerSync
 
 from datamodules.base import ClassificationDataModule
 
-from .checkpoint import TieBreakingCheckpoint
+from .checkpoint import AtomicCheckpointIO, TieBreakingCheckpoint
 from .complexity import ComplexityReport
+from .errors import debugging, tidy_parser_message
 from .layer_sync import L2BNLayerSync
 from .module import CheckpointMismatchError, ClassificationModule, architecture_mismatches
+from .resume import PreemptionCheckpoint, RNGStateCheckpoint
+from .serialization import load_checkpoint
 
 __all__ = ["L2BNLightningCLI", "default_loggers", "with_l2bn_layer_sync", "main"]
 
@@ -64,8 +70,19 @@ def with_l2bn_layer_sync(plugins: Any) -> list[Any]:
     return plugins
 
 
+def with_atomic_checkpoint_io(plugins: Any) -> list[Any]:
+    """Trainer ``plugins`` with :class:`AtomicCheckpointIO` added, unless a CheckpointIO is given."""
+    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if not any(isinstance(p, CheckpointIO) for p in plugins):
+        plugins.append(AtomicCheckpointIO())
+    return plugins
+
+
 #: model arguments linked from the datamodule (checked against the checkpoint when it is loaded)
 LINKED = ("num_classes", "input_shape", "sample_rate", "class_names")
+
+#: ``--ckpt_path`` values that Lightning resolves itself (no file to check beforehand)
+LIGHTNING_CKPT_NAMES = ("best", "last", "hpc", "registry")
 
 
 def _init_defaults(cls: type) -> dict[str, Any]:
@@ -86,7 +103,7 @@ def default_loggers(save_dir: str = "runs") -> list[dict[str, Any]]:
 
     The run folder (config, checkpoints, metrics.csv, test reports) is ``<save_dir>/csv/version_<n>``.
     """
-    loggers = [{"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {"save_dir": save_dir, "name": "csv"}}]
+    loggers = [{"class_path": "l2bn_lit.csv_logger.RunCSVLogger", "init_args": {"save_dir": save_dir, "name": "csv"}}]
     if any(importlib.util.find_spec(name) for name in ("tensorboard", "tensorboardX")):
         tensorboard = {"save_dir": save_dir, "name": "tensorboard"}
         loggers.append({"class_path": "pytorch_lightning.loggers.TensorBoardLogger", "init_args": tensorboard})
@@ -104,12 +121,39 @@ def _is_default_logger(logger: Any) -> bool:
     )
 
 
+class ShortErrorParser(LightningArgumentParser):
+    """The CLI's parser: a mistake in the options or config prints the error (tidied) and a pointer to
+    ``--help``, not the usage of every option; ``--debug`` raises it instead."""
+
+    def error(self, message: str, ex: Exception | None = None) -> NoReturn:
+        if not self.exit_on_error or debugging():
+            super().error(message, ex)
+        sys.stderr.write(f"error: {tidy_parser_message(message)}\n(every option: {self.prog} --help)\n")
+        raise SystemExit(2)
+
+
+def resumed_run_folder(ckpt_path: str | None) -> Path | None:
+    """The run folder a checkpoint belongs to (``<run>/checkpoints/<name>.ckpt`` beside the run's
+    ``metrics.csv``), or ``None``."""
+    if not ckpt_path or ckpt_path in LIGHTNING_CKPT_NAMES:
+        return None
+    folder = Path(ckpt_path).parent
+    return folder.parent if folder.name == "checkpoints" and (folder.parent / "metrics.csv").is_file() else None
+
+
 class L2BNLightningCLI(LightningCLI):
     """LightningCLI for the classification pipelines (see the module docstring)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self._default_callbacks = list(kwargs.get("trainer_defaults", {}).get("callbacks", []))
+        self._checkpoint: dict[str, Any] | None = None  # the --ckpt_path file's epoch and step
         super().__init__(*args, **kwargs)
+
+    def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
+        kwargs.setdefault("dump_header", [f"lightning.pytorch=={pl.__version__}"])
+        parser = ShortErrorParser(**kwargs)
+        parser.add_argument("-c", "--config", action=ActionConfigFile, help="Path to a configuration file in json or yaml format.")
+        return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for source in LINKED:
@@ -126,15 +170,32 @@ class L2BNLightningCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         """Points the default loggers (given no ``--trainer.logger``) at ``--trainer.default_root_dir``
-        when one is set, as Lightning's own default logger follows it."""
+        when one is set, as Lightning's own default logger follows it; a fit resumed from a checkpoint
+        of a run folder continues in that folder (its metrics.csv kept up to the checkpoint's step)."""
         config = self.config[self.subcommand] if self.subcommand else self.config
         trainer = config.get("trainer")
         root = trainer.get("default_root_dir") if trainer is not None else None
         loggers = trainer.get("logger") if trainer is not None else None
-        if root is None or not isinstance(loggers, list) or not all(_is_default_logger(lg) for lg in loggers):
+        if not isinstance(loggers, list) or not all(_is_default_logger(lg) for lg in loggers):
             return
+        run = resumed_run_folder(config.get("ckpt_path")) if self.subcommand == "fit" else None
         for logger in loggers:
-            logger.init_args.save_dir = str(root)
+            if root is not None:
+                logger.init_args.save_dir = str(root)
+            if run is not None and logger.class_path.endswith("RunCSVLogger"):
+                logger.init_args.save_dir, logger.init_args.name = str(run.parent.parent), run.parent.name
+                logger.init_args.version, logger.init_args.resume_step = run.name, self._checkpoint["global_step"]
+
+    def before_fit(self) -> None:
+        """Records in the run folder's ``resumes.txt`` which checkpoint a resumed fit continues."""
+        if self._checkpoint is None or not self.trainer.is_global_zero or self.trainer.log_dir is None:
+            return
+        folder = Path(self.trainer.log_dir)
+        folder.mkdir(parents=True, exist_ok=True)
+        line = (f"{datetime.now().isoformat(timespec='seconds')} continued from {self._checkpoint['path']} "
+                f"(epoch {self._checkpoint['epoch']}, global step {self._checkpoint['global_step']})\n")
+        with open(folder / "resumes.txt", "a") as file:
+            file.write(line)
 
     def _parse_ckpt_path(self) -> None:
         """Refuses a ``--ckpt_path`` whose architecture or norm contradicts the given options,
@@ -146,8 +207,11 @@ class L2BNLightningCLI(LightningCLI):
         subcommand = self.config.get("subcommand")
         ckpt_path = self.config[subcommand].get("ckpt_path") if subcommand else None
         model = self.config[subcommand].get("model") if subcommand else None
-        if ckpt_path and Path(ckpt_path).is_file() and model is not None and model.get("init_args") is not None:
-            saved = torch.load(ckpt_path, weights_only=True, map_location="cpu").get("hyper_parameters", {})
+        if ckpt_path and ckpt_path not in LIGHTNING_CKPT_NAMES:
+            checkpoint = load_checkpoint(ckpt_path)  # refuses a missing, corrupt or unsafe file in one line
+            self._checkpoint = {"path": ckpt_path, "epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step", 0)}
+        if ckpt_path and model is not None and model.get("init_args") is not None and ckpt_path not in LIGHTNING_CKPT_NAMES:
+            saved = checkpoint["hyper_parameters"]
             module_name, _, name = model["class_path"].rpartition(".")
             cls = getattr(importlib.import_module(module_name), name)
             defaults, given = _init_defaults(cls), dict(model["init_args"])
@@ -183,8 +247,11 @@ class L2BNLightningCLI(LightningCLI):
         if trainer_config.get("enable_progress_bar") is not False:  # unless --trainer.enable_progress_bar false
             callbacks.append(RichProgressBar())
         self.trainer_defaults["callbacks"] = callbacks
-        if trainer_config.get("sync_batchnorm") and "plugins" not in kwargs:
-            kwargs["plugins"] = with_l2bn_layer_sync(trainer_config.get("plugins"))
+        if "plugins" not in kwargs:
+            plugins = trainer_config.get("plugins")
+            if trainer_config.get("sync_batchnorm"):
+                plugins = with_l2bn_layer_sync(plugins)
+            kwargs["plugins"] = with_atomic_checkpoint_io(plugins)
         return super().instantiate_trainer(**kwargs)
 
 
@@ -200,6 +267,8 @@ def main(args: list[str] | None = None, run: bool = True) -> L2BNLightningCLI:
             "callbacks": [
                 TieBreakingCheckpoint(monitor="val/acc", mode="max", save_last=True, filename="best-{epoch}"),
                 ComplexityReport(),
+                RNGStateCheckpoint(),
+                PreemptionCheckpoint(),
             ]
         },
         args=args,

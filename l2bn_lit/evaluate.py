@@ -37,6 +37,7 @@ import torch
 import yaml
 
 from .cli import LINKED
+from .serialization import SAFE_GLOBALS, load_checkpoint
 from .complexity import complexity_report
 from .dcase import dcase_report, write_submission
 from .module import CheckpointMismatchError, ClassificationModule, architecture_mismatches
@@ -67,8 +68,7 @@ def find_checkpoints(paths: list[str]) -> list[Path]:
 def _load(path: Path, data_settings: dict[str, Any], default: type[ClassificationModule]) -> ClassificationModule:
     """The checkpoint's model, built from the checkpoint's own settings; its class as the CLI saved it
     (the hyperparameters' ``_class_path``, or the run's ``config.yaml``), else ``default``."""
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-    saved = checkpoint.get("hyper_parameters", {})
+    saved = load_checkpoint(path)["hyper_parameters"]
     mismatches = architecture_mismatches(data_settings, saved, tuple(k for k in LINKED if data_settings.get(k) is not None))
     if mismatches:
         mismatches = mismatches.replace(": model=", ": data=")
@@ -81,7 +81,8 @@ def _load(path: Path, data_settings: dict[str, Any], default: type[Classificatio
     if class_path is not None:
         module_name, _, name = class_path.rpartition(".")
         cls = getattr(importlib.import_module(module_name), name)
-    return cls.load_from_checkpoint(path, map_location="cpu").eval()
+    with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
+        return cls.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
 
 
 def _metrics(probs: np.ndarray, labels: np.ndarray, devices: list[str] | None, known: set[str], class_names: list[str]) -> dict[str, float]:
@@ -237,4 +238,6 @@ def _split_args(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argpa
 
 
 if __name__ == "__main__":
-    main()
+    from .errors import run_command
+
+    run_command(main)

@@ -22,9 +22,10 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchvision.transforms import v2
 
+from .serialization import load_checkpoint
 from .nn.init import initialize
 
-__all__ = ["ClassificationModule", "CheckpointMismatchError", "run_folder"]
+__all__ = ["ClassificationModule", "CheckpointMismatchError", "NonFiniteLossError", "check_top_k", "run_folder"]
 
 _NORM_TYPES = (_BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
@@ -37,6 +38,26 @@ def run_folder(trainer: pl.Trainer) -> Path:
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint's architecture or normalization differs from the model it is loaded into."""
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training or validation loss became NaN or infinite: the run stops rather than select a
+    checkpoint from meaningless metrics."""
+
+
+def check_top_k(metrics: MetricCollection) -> None:
+    """Raises ``RuntimeError`` when a collection's top-k accuracy is below its top-1 accuracy, which
+    no correct computation gives (a merged or mis-updated metric). Call it where the epoch's metrics
+    are final: the values are computed (and cached for the logger) here."""
+    prefix = metrics.prefix or ""
+    top_k = [name for name in metrics.keys(keep_base=True) if name.startswith("acc_top")]
+    if "acc" not in metrics.keys(keep_base=True) or not top_k or metrics["acc"].update_count == 0:
+        return
+    top1 = float(metrics["acc"].compute())
+    for name in top_k:
+        value = float(metrics[name].compute())
+        if value < top1 - 1e-6:
+            raise RuntimeError(f"{prefix}{name}={value:.6f} is below {prefix}acc={top1:.6f}: the metrics were computed wrongly")
 
 
 class ClassificationModule(pl.LightningModule):
@@ -131,7 +152,10 @@ class ClassificationModule(pl.LightningModule):
             "acc_macro": MulticlassAccuracy(num_classes, average="macro"),  # mean class-wise accuracy (DCASE's rank)
             f"acc_top{top5}": MulticlassAccuracy(num_classes, top_k=top5, average="micro"),
         }
-        self.val_metrics = MetricCollection(metrics, prefix="val/")
+        # compute_groups=False: torchmetrics would otherwise merge metrics whose states happen to be equal
+        # after the first batch (an all-correct one makes top-5 and macro accuracy look alike), and the
+        # merged metric then reports the other one's value for the whole epoch
+        self.val_metrics = MetricCollection(metrics, prefix="val/", compute_groups=False)
         self.test_metrics = self.val_metrics.clone(prefix="test/")
         self.test_per_class = MulticlassAccuracy(num_classes, average=None)
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
@@ -152,9 +176,7 @@ class ClassificationModule(pl.LightningModule):
         return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
 
     def _load_network_weights(self, path: str) -> None:
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"init_from={path!r}: no such checkpoint")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        checkpoint = load_checkpoint(path)
         mismatches = architecture_mismatches(dict(self.hparams), checkpoint.get("hyper_parameters", {}), self.architecture_keys)
         if mismatches:
             raise CheckpointMismatchError(f"init_from={path}: the checkpoint's network differs from this model's: {mismatches}")
@@ -175,6 +197,7 @@ class ClassificationModule(pl.LightningModule):
             x = mixed.reshape(shape)  # y is now (N, num_classes) probabilities
         logits = self(x)
         loss = F.cross_entropy(logits, y, label_smoothing=self.hparams.label_smoothing)
+        self._stop_if_not_finite(loss, "training", batch_idx)
         hard = y.argmax(1) if y.dim() == 2 else y
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/acc", (logits.argmax(1) == hard).float().mean(), prog_bar=True)
@@ -184,9 +207,34 @@ class ClassificationModule(pl.LightningModule):
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> None:
         x, y = batch
         logits = self(x)
-        self.log("val/loss", F.cross_entropy(logits, y), prog_bar=True, sync_dist=True)
+        loss = F.cross_entropy(logits, y)
+        if not self.trainer.sanity_checking:
+            self._stop_if_not_finite(loss, "validation", batch_idx)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
         self.val_metrics.update(logits, y)
         self.log_dict(self.val_metrics, prog_bar=True)
+
+    def _stop_if_not_finite(self, loss: Tensor, stage: str, batch_idx: int) -> None:
+        """Raises :class:`NonFiniteLossError` when ``loss`` is NaN or infinite on any process (a
+        collective under DDP, so that every process stops at the same step)."""
+        bad = not bool(torch.isfinite(loss.detach()))
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        if bad:
+            raise NonFiniteLossError(
+                f"the {stage} loss is {float(loss)} at epoch {self.current_epoch}, global step {self.global_step}, "
+                f"batch {batch_idx}: training diverged. Likely causes: a learning rate too high for this model "
+                f"(lr={self.hparams.lr}), float16 overflow (use --trainer.precision bf16-mixed or 32), or "
+                "non-finite inputs. No checkpoint was chosen from this epoch; lower the learning rate (or add "
+                "warm-up) and start again, or resume from the run's last.ckpt with the fix."
+            )
+
+    def on_validation_epoch_end(self) -> None:
+        check_top_k(self.val_metrics)
+
+    def on_test_epoch_end(self) -> None:
+        check_top_k(self.test_metrics)
+        self._write_test_outputs()
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         """Updates the test metrics; returns the logits ``(N, num_classes)`` for subclasses' reports."""
@@ -203,7 +251,7 @@ class ClassificationModule(pl.LightningModule):
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
         return self(x).softmax(1)
 
-    def on_test_epoch_end(self) -> None:
+    def _write_test_outputs(self) -> None:
         per_class = self.test_per_class.compute().cpu()
         confusion = self.test_confusion.compute().cpu()
         self.test_per_class.reset()

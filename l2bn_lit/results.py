@@ -84,4 +84,6 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from .errors import run_command
+
+    run_command(main)

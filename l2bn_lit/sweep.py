@@ -228,4 +228,6 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    main()
+    from .errors import run_command
+
+    run_command(main)

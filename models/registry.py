@@ -13,6 +13,7 @@ import torchvision
 from torch import nn
 
 from l2bn_lit import convert_norm, get_norm_layer
+from l2bn_lit.serialization import load_checkpoint
 
 from .cifar_resnet import PreActResNet18, resnet20, resnet32, resnet44, resnet56, resnet110
 from .cifar_zoo import mobilenet_v2, shufflenet_v2, vgg11, vgg16
@@ -127,7 +128,7 @@ def _timm_model(
 def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     if not Path(path).is_file():
         raise FileNotFoundError(f"pretrained={path!r}: no such file; give 'default' or the path of a saved state dict")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = load_checkpoint(path, required=())
     return state.get("state_dict", state) if isinstance(state, dict) else state
 
 
