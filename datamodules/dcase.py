@@ -3,7 +3,8 @@
 Every listed file is checked when the data is set up (soundfile headers only): a missing or
 unreadable file is an error naming it; clips shorter than ``duration`` are an error, or, with
 ``short_clips="pad"``, zero-padded with a warning that counts them; other sample rates are
-resampled (torchaudio) and stereo is mixed down, each said once in the log with a count. A
+resampled (torchaudio) and stereo is mixed down, each with a warning that counts them; a scene label
+outside the data set's label set (``class_names``) is an error naming it. A
 truncated WAV (its header promises more frames than the file holds) is an error naming it, also
 with ``short_clips="pad"``: libsndfile would silently read it as a short clip.
 
@@ -137,6 +138,9 @@ class TAUScenesDataModule(ClassificationDataModule):
         device_ir_p, device_ir_devices: that probability and those devices (the baselines: 0.4, ``[a]``).
         devices: train (and validate) on these recording devices' clips only, e.g. ``[a]`` to fine-tune
             a device-specific model (DCASE 2025); the test and predict lists are not filtered.
+        class_names: the data set's scene labels, in class-index order. ``None``: the labels of
+            ``meta.csv`` (the whole development set), sorted; without a ``meta.csv``, the training
+            list's. A label outside this set in any list is an error naming it.
         feature_cache: a folder for the offline log-mel cache (None: decode and extract on the fly).
             The cache holds the clips as evaluation sees them: training then has no random crop
             (the same thing when ``duration`` is the clips' length, as in DCASE 2020).
@@ -159,6 +163,7 @@ class TAUScenesDataModule(ClassificationDataModule):
         device_ir_p: float = 0.4,
         device_ir_devices: list[str] | None = None,
         devices: list[str] | None = None,
+        class_names: list[str] | None = None,
         feature_cache: str | None = None,
         batch_size: int = 32,
         **kwargs,
@@ -186,7 +191,11 @@ class TAUScenesDataModule(ClassificationDataModule):
         self.device_ir_devices = frozenset(device_ir_devices or ["a"])
         self._lists: dict[str, AudioClipDataset] = {}
         self.train_table = read_file_list(root, train_list, need_labels=True)
-        self.class_names = sorted(self.train_table["scene_label"].unique())  # the whole list's: a device subset keeps them
+        self.class_names, self._label_source = self._label_set(class_names)
+        self._labels(self.train_table, train_list)  # refuses a label outside the set before anything is built
+        untrained = sorted(set(self.class_names) - set(self.train_table["scene_label"]))
+        if untrained:
+            warnings.warn(f"{Path(root) / train_list} has no clip of the scene label(s) {untrained} ({self._label_source})", stacklevel=2)
         self.devices = devices
         if devices is not None:
             unknown = sorted(set(devices) - set(self.train_table["device"]))
@@ -196,12 +205,27 @@ class TAUScenesDataModule(ClassificationDataModule):
         self.num_classes = len(self.class_names)
         self.input_shape = [self.samples]
 
+    def _label_set(self, class_names: list[str] | None) -> tuple[list[str], str]:
+        """The scene labels (class-index order) and where they come from (see ``class_names``)."""
+        if class_names is not None:
+            if len(set(class_names)) != len(class_names):
+                raise ValueError(f"class_names has duplicates: {class_names}")
+            return list(class_names), "the class_names option"
+        meta = Path(self.root) / "meta.csv"
+        if meta.is_file():
+            labels = pd.read_csv(meta, sep="\t", dtype=str, keep_default_na=False, usecols=lambda c: c.strip() == "scene_label")
+            if not labels.empty:
+                return sorted(set(labels.iloc[:, 0].str.strip()) - {""}), f"the labels of {meta}"
+        return sorted(self.train_table["scene_label"].unique()), f"the labels of {Path(self.root) / self.train_list}"
+
     def _labels(self, table: pd.DataFrame, list_path: str) -> list[int]:
         index = {name: i for i, name in enumerate(self.class_names)}
         unknown = sorted(set(table["scene_label"]) - set(index))
         if unknown:
+            example = table.loc[table["scene_label"] == unknown[0], "filename"].iloc[0]
             raise ValueError(
-                f"{Path(self.root) / list_path} has scene labels the model does not know (not in {self.train_list}): {unknown}"
+                f"{Path(self.root) / list_path} has scene labels the model does not know (not in {self._label_source}): "
+                f"{unknown}, e.g. {example}; correct the list, or give the label set with --data.init_args.class_names"
             )
         return [index[label] for label in table["scene_label"]]
 
@@ -240,9 +264,9 @@ class TAUScenesDataModule(ClassificationDataModule):
         if short:
             warnings.warn(f"{len(short)} clip(s) in {root / list_path} are shorter than {self.duration} s and zero-padded", stacklevel=2)
         if resampled:
-            log.info("%d file(s) in %s are not at %d Hz and are resampled", resampled, root / list_path, self.sample_rate)
+            warnings.warn(f"{resampled} file(s) in {root / list_path} are not at {self.sample_rate} Hz and are resampled", stacklevel=2)
         if stereo:
-            log.info("%d file(s) in %s have several channels and are mixed down to mono", stereo, root / list_path)
+            warnings.warn(f"{stereo} file(s) in {root / list_path} have several channels and are mixed down to mono", stacklevel=2)
 
     def split_indices(self, size: int) -> tuple[list[int], list[int]]:
         if self.val_by == "random" or "identifier" not in self.train_table:

@@ -45,10 +45,10 @@ def complexity(argv: list[str]) -> dict[str, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """The ``l2bn`` console script: every command with short errors (:func:`l2bn_lit.errors.run_command`)."""
-    from .errors import run_command
+    """The ``l2bn`` console script: every command with short errors (:func:`l2bn_lit.errors.run_main`)."""
+    from .errors import run_main
 
-    run_command(_dispatch, argv)
+    run_main(_dispatch, argv)
 
 
 def _dispatch(argv: list[str]) -> None:

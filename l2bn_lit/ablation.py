@@ -94,6 +94,6 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    from .errors import run_command
+    from .errors import run_main
 
-    run_command(main)
+    run_main(main)

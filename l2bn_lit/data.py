@@ -2,12 +2,14 @@
 
     python -m l2bn_lit.data list [--sizes] [--mirror URL]
     python -m l2bn_lit.data download DATASET --root DIR [--mirror URL] [--keep-archives]
-    python -m l2bn_lit.data check --root DIR [--lists evaluation_setup/fold1_train.csv ...]
+    python -m l2bn_lit.data check --root DIR [--lists evaluation_setup/fold1_train.csv ...] [--sample-rate 44100 --channels 1 --labels ...]
 
 ``download`` (:mod:`datamodules.tau_download`) resumes interrupted files, checks every archive's MD5
 before extracting it and leaves ``DIR`` in the layout the TAU datamodule reads. ``check``
-(:mod:`datamodules.tau_check`) reports missing, unreadable, truncated and duplicate files and the
-clips per scene and device of each list, and exits with status 1 on any problem.
+(:mod:`datamodules.tau_check`) reports missing, unreadable, truncated and duplicate files, clips at
+another sample rate or channel count and labels outside the scene labels (``--sample-rate``,
+``--channels``, ``--labels``: TAU Mobile's 44.1 kHz, mono and ten scenes by default), and the clips per
+scene and device of each list, and exits with status 1 on any problem.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from datamodules.tau_check import check_lists
+from datamodules.tau_check import TAU_MOBILE, AudioSpec, check_lists
 from datamodules.tau_download import DownloadError, dataset_specs, download, remote_size, with_mirror
 
 __all__ = ["main"]
@@ -56,7 +58,8 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    reports = check_lists(args.root, args.lists)
+    spec = AudioSpec(args.sample_rate, args.channels, tuple(args.labels))
+    reports = check_lists(args.root, args.lists, spec)
     if not reports:
         print(f"no file lists under {args.root}/evaluation_setup or {args.root}/split_setup; name them with --lists")
         return 1
@@ -66,17 +69,23 @@ def _check(args: argparse.Namespace) -> int:
         if report.error:
             print(f"   error: {report.error}")
         for label, items in (("missing", report.missing), ("unreadable", report.unreadable), ("duplicate", report.duplicates)):
-            for item in items[: args.show]:
-                print(f"   {label}: {item}")
-            if len(items) > args.show:
-                print(f"   ... {len(items) - args.show} more {label}")
-        for name, declared, present in report.truncated[: args.show]:
-            print(f"   truncated: {name} (header: {declared} frames, file holds {present})")
-        if len(report.truncated) > args.show:
-            print(f"   ... {len(report.truncated) - args.show} more truncated")
+            _print_items(label, items, args.show)
+        truncated = [f"{name} (header: {declared} frames, file holds {present})" for name, declared, present in report.truncated]
+        rates = [f"{name} ({rate} Hz, not {spec.sample_rate})" for name, rate in report.other_rates]
+        channels = [f"{name} ({count} channels, not {spec.channels})" for name, count in report.other_channels]
+        labels = [f"{label!r} ({rows} rows, e.g. {name}): not one of --labels" for label, rows, name in report.unknown_labels]
+        for label, items in (("truncated", truncated), ("sample rate", rates), ("channels", channels), ("label", labels)):
+            _print_items(label, items, args.show)
         if report.counts is not None and not report.counts.empty:
             print(report.counts.to_markdown())
     return 0 if all(r.ok for r in reports) else 1
+
+
+def _print_items(label: str, items: list[str], show: int) -> None:
+    for item in items[:show]:
+        print(f"   {label}: {item}")
+    if len(items) > show:
+        print(f"   ... {len(items) - show} more ({label})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--root", required=True)
     check.add_argument("--lists", nargs="+", help="file lists relative to root (default: every csv in evaluation_setup/ and split_setup/)")
     check.add_argument("--show", type=int, default=10, help="problems shown per kind and list")
+    check.add_argument("--sample-rate", type=int, default=TAU_MOBILE.sample_rate, help="every clip's sample rate (Hz; TAU Mobile: 44100)")
+    check.add_argument("--channels", type=int, default=TAU_MOBILE.channels, help="every clip's channel count (TAU Mobile: 1)")
+    check.add_argument("--labels", nargs="+", default=list(TAU_MOBILE.scene_labels), help="the scene labels (default: the ten TAU scenes)")
     args = parser.parse_args(argv)
     if args.command == "list":
         return _list(args)
@@ -102,6 +114,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from .errors import run_command
+    from .errors import run_main
 
-    sys.exit(run_command(main))
+    sys.exit(run_main(main))

@@ -1,7 +1,7 @@
 """Short errors at the command line: the project's own message and what to do, not a traceback.
 
 Every command (``cli.py``, ``l2bn ...``, ``python -m l2bn_lit.<tool>``) runs through
-:func:`run_command`. An error the project raises for bad input (a missing file or data set, an unknown
+:func:`run_main`. An error the project raises for bad input (a missing file or data set, an unknown
 name, a bad or mismatched checkpoint, a config mistake, a diverged run) is printed as ``error: ...``
 in a few lines, with exit status 1; LightningCLI's parser wraps such errors in a dump of the whole
 config, so the innermost error of the chain is the one shown. ``--debug`` (anywhere on the command
@@ -19,7 +19,7 @@ from typing import Any
 
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 
-__all__ = ["run_command", "user_error_message", "tidy_parser_message", "debugging", "DEBUG_VARIABLE"]
+__all__ = ["run_main", "user_error_message", "tidy_parser_message", "debugging", "DEBUG_VARIABLE"]
 
 #: set to 1 to see tracebacks (as ``--debug`` does)
 DEBUG_VARIABLE = "L2BN_DEBUG"
@@ -31,18 +31,20 @@ _INPUT_ERRORS = (ValueError, OSError, KeyError, RuntimeError, MisconfigurationEx
 def user_error_message(error: BaseException) -> str | None:
     """The message to show for ``error`` when it is a bad-input error of the project, else ``None``.
 
-    That is the innermost exception of its chain (``__cause__``, else an unsuppressed ``__context__``) when that one
-    is a ``ValueError``, ``OSError`` (``FileNotFoundError`` ...), ``KeyError`` or ``RuntimeError``
-    raised by this project's own code, or Lightning's ``MisconfigurationException``."""
-    root = error
-    while (inner := _inner(root)) is not None:
-        root = inner
-    if not isinstance(root, _INPUT_ERRORS):
+    That is the innermost exception of its chain (``__cause__``, else an unsuppressed ``__context__``)
+    that this project's own code raised as a ``ValueError``, ``OSError`` (``FileNotFoundError`` ...),
+    ``KeyError`` or ``RuntimeError``, or Lightning's ``MisconfigurationException``: a parser's wrapper
+    around it is skipped, and so is a library error the project's message was raised from."""
+    found = None
+    chain: BaseException | None = error
+    while chain is not None:
+        if isinstance(chain, MisconfigurationException) or (isinstance(chain, _INPUT_ERRORS) and _raised_by_project(chain)):
+            found = chain
+        chain = _inner(chain)
+    if found is None:
         return None
-    if not isinstance(root, MisconfigurationException) and not _raised_by_project(root):
-        return None
-    text = str(root.args[0]) if isinstance(root, KeyError) and root.args else str(root)
-    return text.strip() or type(root).__name__
+    text = str(found.args[0]) if isinstance(found, KeyError) and found.args else str(found)
+    return text.strip() or type(found).__name__
 
 
 def _inner(error: BaseException) -> BaseException | None:
@@ -75,7 +77,7 @@ def tidy_parser_message(message: str) -> str:
     return "\n".join(line for line in message.splitlines() if not line.strip().startswith(_PARSER_NOISE))
 
 
-def run_command(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> Any:
+def run_main(main: Callable[[list[str]], Any], argv: list[str] | None = None) -> Any:
     """Runs ``main(argv)`` (default: the process's arguments), printing bad-input errors briefly.
 
     ``--debug`` is taken out of ``argv`` (and ``sys.argv``, which LightningCLI reads) and, like

@@ -238,6 +238,6 @@ def _split_args(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argpa
 
 
 if __name__ == "__main__":
-    from .errors import run_command
+    from .errors import run_main
 
-    run_command(main)
+    run_main(main)

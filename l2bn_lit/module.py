@@ -217,12 +217,13 @@ class ClassificationModule(pl.LightningModule):
     def _stop_if_not_finite(self, loss: Tensor, stage: str, batch_idx: int) -> None:
         """Raises :class:`NonFiniteLossError` when ``loss`` is NaN or infinite on any process (a
         collective under DDP, so that every process stops at the same step)."""
-        bad = not bool(torch.isfinite(loss.detach()))
+        value = loss.detach()
+        bad = not bool(torch.isfinite(value))
         if self.trainer.world_size > 1:
             bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
         if bad:
             raise NonFiniteLossError(
-                f"the {stage} loss is {float(loss)} at epoch {self.current_epoch}, global step {self.global_step}, "
+                f"the {stage} loss is {float(value)} at epoch {self.current_epoch}, global step {self.global_step}, "
                 f"batch {batch_idx}: training diverged. Likely causes: a learning rate too high for this model "
                 f"(lr={self.hparams.lr}), float16 overflow (use --trainer.precision bf16-mixed or 32), or "
                 "non-finite inputs. No checkpoint was chosen from this epoch; lower the learning rate (or add "

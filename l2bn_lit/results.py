@@ -2,8 +2,9 @@
 
     python -m l2bn_lit.results RUNS_FOLDER [--metric test/acc] [--csv out.csv]
 
-A run is a folder holding ``config.yaml`` and ``metrics.csv`` (the CLI's CSV logger folder); its
-group is the norm with its options (``model.init_args.norm`` and ``norm_options``, see
+A run is a folder holding ``config.yaml`` and ``metrics.csv`` (the CLI's CSV logger folder); runs that
+logged no test metric (interrupted, or never tested) are listed apart, with the ``last.ckpt`` to
+resume from. A run's group is the norm with its options (``model.init_args.norm`` and ``norm_options``, see
 :func:`norm_label`) and its seed ``seed_everything``, read from the config.
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-__all__ = ["collect_runs", "norm_label", "summary_table"]
+__all__ = ["scan_runs", "collect_runs", "norm_label", "summary_table"]
 
 
 def norm_label(norm: str, options: dict[str, Any] | None = None) -> str:
@@ -29,30 +30,55 @@ def norm_label(norm: str, options: dict[str, Any] | None = None) -> str:
     return f"{norm}:" + ",".join(f"{key}={json.dumps(value)}" for key, value in sorted(options.items()))
 
 
-def collect_runs(folder: str | Path, metrics: str | Sequence[str] = "test/acc") -> pd.DataFrame:
-    """One row per run under ``folder``: run folder, norm, seed and the last logged value of each metric."""
+def scan_runs(folder: str | Path, metrics: str | Sequence[str] = "test/acc") -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The runs under ``folder``, finished and not.
+
+    Returns:
+        ``(finished, incomplete)``: one row per finished run (run folder, norm, seed and the last
+        logged value of each metric), and one per run that logged no value of some metric (an
+        interrupted or untested run) with ``reason``, its last logged epoch and its ``last.ckpt``
+        (to resume from) when there is one.
+    """
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
-    rows = []
+    finished, incomplete = [], []
     for config_path in sorted(Path(folder).rglob("config.yaml")):
-        metrics_path = config_path.with_name("metrics.csv")
-        if not metrics_path.is_file():
-            raise FileNotFoundError(f"run {config_path.parent} has a config.yaml but no metrics.csv")
-        logged = pd.read_csv(metrics_path)
+        run = config_path.parent
         config = yaml.safe_load(config_path.read_text())
         init_args = config["model"]["init_args"]
         row = {
-            "run": str(config_path.parent.relative_to(folder)),
+            "run": str(run.relative_to(folder)),
             "norm": norm_label(init_args["norm"], init_args.get("norm_options")),
             "seed": config.get("seed_everything"),
         }
-        for metric in metrics:
-            if metric not in logged or logged[metric].dropna().empty:
-                raise ValueError(f"run {config_path.parent} logged no {metric!r} (was it tested?)")
-            row[metric] = float(logged[metric].dropna().iloc[-1])
-        rows.append(row)
-    if not rows:
+        logged = pd.read_csv(run / "metrics.csv") if (run / "metrics.csv").is_file() else None
+        missing = [m for m in metrics if logged is None or m not in logged or logged[m].dropna().empty]
+        if missing:
+            epochs = logged["epoch"].dropna() if logged is not None and "epoch" in logged else pd.Series(dtype=float)
+            last = sorted(run.glob("checkpoints/last*.ckpt"))
+            reason = "no metrics.csv" if logged is None else f"logged no {', '.join(map(repr, missing))} (interrupted, or not tested)"
+            incomplete.append({**row, "reason": reason, "last epoch": int(epochs.max()) if len(epochs) else None,
+                               "last.ckpt": str(last[-1]) if last else None})
+            continue
+        finished.append({**row, **{m: float(logged[m].dropna().iloc[-1]) for m in metrics}})
+    columns = ["run", "norm", "seed"]
+    return (pd.DataFrame(finished, columns=[*columns, *metrics]),
+            pd.DataFrame(incomplete, columns=[*columns, "reason", "last epoch", "last.ckpt"]))
+
+
+def collect_runs(folder: str | Path, metrics: str | Sequence[str] = "test/acc") -> pd.DataFrame:
+    """One row per run under ``folder``: run folder, norm, seed and the last logged value of each metric.
+
+    Raises:
+        FileNotFoundError: there is no run under ``folder``.
+        ValueError: a run is incomplete (:func:`scan_runs` lists such runs without raising).
+    """
+    finished, incomplete = scan_runs(folder, metrics)
+    if len(incomplete):
+        first = incomplete.iloc[0]
+        raise ValueError(f"run {Path(folder) / first['run']} {first['reason']}; {len(incomplete)} incomplete run(s) in all")
+    if finished.empty:
         raise FileNotFoundError(f"no runs (config.yaml + metrics.csv) under {folder}")
-    return pd.DataFrame(rows)
+    return finished
 
 
 def summary_table(runs: pd.DataFrame, metrics: str | Sequence[str] = "test/acc", norms: Sequence[str] | None = None) -> pd.DataFrame:
@@ -75,15 +101,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--metric", default="test/acc")
     parser.add_argument("--csv", help="also write the per-run table here")
     args = parser.parse_args(argv)
-    runs = collect_runs(args.folder, args.metric)
-    print(runs.drop(columns="run").to_markdown(index=False))
-    print()
-    print(summary_table(runs, args.metric).to_markdown(index=False, floatfmt=".4f"))
+    runs, incomplete = scan_runs(args.folder, args.metric)
+    if runs.empty and incomplete.empty:
+        raise FileNotFoundError(f"no runs (config.yaml + metrics.csv) under {args.folder}")
+    if not runs.empty:
+        print(runs.drop(columns="run").to_markdown(index=False))
+        print()
+        print(summary_table(runs, args.metric).to_markdown(index=False, floatfmt=".4f"))
+    if not incomplete.empty:
+        print(f"\n{len(incomplete)} incomplete run(s), left out of the tables above:\n")
+        print(incomplete.to_markdown(index=False))
     if args.csv:
         runs.to_csv(args.csv, index=False)
 
 
 if __name__ == "__main__":
-    from .errors import run_command
+    from .errors import run_main
 
-    run_command(main)
+    run_main(main)

@@ -60,7 +60,7 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", required: tuple
                 "project contains (a file from elsewhere, or a tampered one). Load it yourself only if you trust "
                 "its source."
             ) from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint ({_first_line(error)})") from None
+        raise CheckpointError(f"{path}: not a PyTorch checkpoint (its contents are not in torch.save's format)") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, KeyError, IndexError, OSError) as error:
         raise CheckpointError(
             f"{path}: truncated or corrupt ({type(error).__name__}: {_first_line(error)}); use another checkpoint of the run"

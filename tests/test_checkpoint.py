@@ -61,3 +61,45 @@ def test_the_tie_value_survives_a_resume(tmp_path):
 def test_only_one_best_checkpoint():
     with pytest.raises(ValueError, match="save_top_k=1"):
         TieBreakingCheckpoint(monitor="val/acc", save_top_k=3)
+
+
+def _epoch_of(path) -> int:
+    return torch.load(path, weights_only=True)["epoch"]
+
+
+def test_lightning_writes_last_ckpt_only_with_a_new_best_and_ours_writes_it_every_epoch(tmp_path):
+    """Lightning 2.6's ModelCheckpoint(save_last=True) leaves last.ckpt at the best epoch (here 1 of
+    0-4): a resume from it would redo the epochs since. TieBreakingCheckpoint's last.ckpt is epoch 4."""
+    lightning = ModelCheckpoint(monitor="val/acc", mode="max", save_last=True, dirpath=tmp_path / "lightning")
+    _fit(lightning, tmp_path)
+    assert _epoch_of(tmp_path / "lightning" / "last.ckpt") == 1  # the library behaviour this class mends
+    ours = TieBreakingCheckpoint(monitor="val/acc", mode="max", save_last=True, filename="best-{epoch}", dirpath=tmp_path / "ours")
+    _fit(ours, tmp_path)
+    assert _epoch_of(tmp_path / "ours" / "last.ckpt") == len(ACC) - 1
+    assert ours.best_model_path.endswith("best-epoch=2.ckpt")
+
+
+def test_atomic_checkpoint_io_keeps_the_old_file_when_a_save_fails_and_leaves_nothing(tmp_path, monkeypatch):
+    import tempfile
+
+    from l2bn_lit.checkpoint import AtomicCheckpointIO
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "elsewhere"))  # nothing may be written there
+    (tmp_path / "elsewhere").mkdir()
+    io, path = AtomicCheckpointIO(), tmp_path / "run" / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "hyper_parameters": {}}, path)
+
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError("killed half-way")
+
+    with pytest.raises(RuntimeError, match="killed half-way"):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "bad": Unpicklable()}, path)
+    assert torch.equal(io.load_checkpoint(path)["state_dict"]["w"], torch.ones(3))  # the old checkpoint, whole
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+    assert not list((tmp_path / "elsewhere").iterdir())
+    # a save killed outright leaves its fixed-name partial file; the next save of that checkpoint replaces it
+    (path.parent / ".last.ckpt.partial").write_bytes(b"half a checkpoint")
+    io.save_checkpoint({"state_dict": {"w": torch.full((3,), 2.0)}, "hyper_parameters": {}}, path)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+    assert torch.equal(io.load_checkpoint(path)["state_dict"]["w"], torch.full((3,), 2.0))

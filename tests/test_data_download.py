@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 
 from datamodules import TAUScenesDataModule, write_synthetic_tau
-from datamodules.tau_check import check_lists, wav_frames
+from datamodules.tau_check import TAU_SCENES, AudioSpec, check_lists, wav_frames
 from datamodules.tau_download import DatasetSpec, DownloadError, Remote, download, with_mirror
 from l2bn_lit.data import main as data_main
 
@@ -213,7 +213,7 @@ def test_wav_frames_reads_the_header_against_the_file(tmp_path):
 
 
 def test_check_reports_every_problem_and_exits_non_zero(root, capsys):
-    assert data_main(["check", "--root", str(root)]) == 0
+    assert data_main(["check", "--root", str(root), "--sample-rate", "16000"]) == 0
     capsys.readouterr()
     table = pd.read_csv(root / "evaluation_setup" / "fold1_train.csv", sep="\t")
     files = table["filename"].tolist()
@@ -221,12 +221,12 @@ def test_check_reports_every_problem_and_exits_non_zero(root, capsys):
     (root / files[1]).write_bytes(b"not audio")
     _truncate(root / files[2], (root / files[2]).stat().st_size - 500)
     pd.concat([table, table.iloc[[3]]]).to_csv(root / "evaluation_setup" / "fold1_train.csv", sep="\t", index=False)
-    assert data_main(["check", "--root", str(root)]) == 1
+    assert data_main(["check", "--root", str(root), "--sample-rate", "16000"]) == 1
     out = capsys.readouterr().out
     assert f"missing: {files[0]}" in out and f"unreadable: {files[1]}" in out
     assert f"truncated: {files[2]} (header: 16000 frames, file holds 15750)" in out
     assert f"duplicate: {files[3]}" in out
-    reports = {r.list_path: r for r in check_lists(root)}
+    reports = {r.list_path: r for r in check_lists(root, spec=AudioSpec(16000, 1, TAU_SCENES))}
     train = reports["evaluation_setup/fold1_train.csv"]
     assert not train.ok and reports["evaluation_setup/fold1_evaluate.csv"].ok
     assert train.counts.to_numpy().sum() == len(table) + 1  # clips per scene x device, as listed
@@ -250,3 +250,25 @@ def test_datamodule_download_option_fetches_into_an_empty_root(server, release, 
     assert data.num_classes == 5
     with pytest.raises(ValueError, match="download: unknown data set 'tau2099'"):
         TAUScenesDataModule(str(tmp_path / "other"), download=["tau2099"])
+
+
+def test_check_reports_clips_off_the_spec_and_labels_outside_the_label_set(root, capsys):
+    """Sample rate and channels against the spec, labels against the label set: each named, exit 1."""
+    table = pd.read_csv(root / "evaluation_setup" / "fold1_train.csv", sep="\t")
+    files = table["filename"].tolist()
+    tone = np.sin(np.arange(22050) / 10).astype(np.float32)
+    sf.write(root / files[0], tone, 22050)  # 1 s at 22.05 kHz
+    sf.write(root / files[1], np.stack([tone[:16000], tone[:16000]], axis=1), 16000)  # stereo
+    table.loc[[2, 3], "scene_label"] = "airprot"  # a typo, twice
+    table.to_csv(root / "evaluation_setup" / "fold1_train.csv", sep="\t", index=False)
+    assert data_main(["check", "--root", str(root), "--sample-rate", "16000"]) == 1
+    out = capsys.readouterr().out
+    assert f"sample rate: {files[0]} (22050 Hz, not 16000)" in out
+    assert f"channels: {files[1]} (2 channels, not 1)" in out
+    assert f"label: 'airprot' (2 rows, e.g. {files[2]}): not one of --labels" in out
+    report = {r.list_path: r for r in check_lists(root, spec=AudioSpec(16000, 1, TAU_SCENES))}["evaluation_setup/fold1_train.csv"]
+    assert report.other_rates == [(files[0], 22050)] and report.other_channels == [(files[1], 2)]
+    assert report.unknown_labels == [("airprot", 2, files[2])]
+    # the same folder against TAU's own spec (44.1 kHz): every clip of the 16 kHz synthetic set is off it
+    assert data_main(["check", "--root", str(root)]) == 1
+    assert "(16000 Hz, not 44100)" in capsys.readouterr().out

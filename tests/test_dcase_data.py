@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -98,7 +96,7 @@ def test_short_clips_error_or_pad_with_count(root):
     assert wave.shape == (RATE,) and wave.abs().sum() == 0
 
 
-def test_other_rates_are_resampled_and_stereo_mixed_down_with_a_log_line(root, caplog):
+def test_other_rates_are_resampled_and_stereo_mixed_down_with_a_warning(root):
     names = pd.read_csv(root / "evaluation_setup/fold1_train.csv", sep="\t")["filename"]
     t = np.arange(2 * 22050) / 22050
     tone = np.sin(2 * np.pi * 440 * t).astype(np.float32)
@@ -106,10 +104,11 @@ def test_other_rates_are_resampled_and_stereo_mixed_down_with_a_log_line(root, c
     stereo = np.stack([tone[:RATE], -0.5 * tone[:RATE]], axis=1)
     sf.write(root / names[1], stereo, RATE)
     data = _data(root)
-    with caplog.at_level(logging.INFO, logger="datamodules.dcase"):
+    with pytest.warns(UserWarning) as warned:
         data.setup()
-    assert "1 file(s) in" in caplog.text and "are not at 16000 Hz and are resampled" in caplog.text
-    assert "have several channels and are mixed down to mono" in caplog.text
+    text = " ".join(str(w.message) for w in warned)
+    assert "1 file(s) in" in text and "are not at 16000 Hz and are resampled" in text
+    assert "1 file(s) in" in text and "have several channels and are mixed down to mono" in text
     resampled = data.train_set.dataset.load(0)
     assert abs(len(resampled) - 2 * RATE) <= 1
     spectrum = np.abs(np.fft.rfft(resampled.numpy()))
@@ -144,3 +143,26 @@ def test_training_subset_split_file_as_in_the_2022_releases(root):
     data.setup()
     assert len(data.train_set) + len(data.val_set) == len(subset) == 20
     assert set(data.train_table["filename"]) == set(subset["filename"])
+
+
+def test_a_training_label_outside_the_label_set_is_refused(root):
+    """A typo in the training list used to become a class of its own; meta.csv holds the label set."""
+    train = pd.read_csv(root / "evaluation_setup/fold1_train.csv", sep="\t")
+    train.loc[4, "scene_label"] = "airprot"
+    train.to_csv(root / "evaluation_setup/fold1_train.csv", sep="\t", index=False)
+    with pytest.raises(ValueError, match=rf"fold1_train.csv has scene labels the model does not know \(not in the labels of .*meta.csv\): \['airprot'\], e.g. {train.loc[4, 'filename']}"):
+        _data(root)
+
+
+def test_label_set_comes_from_meta_or_the_option(root):
+    assert _data(root).class_names == sorted(SYNTHETIC_SCENES)
+    order = ["street_traffic", "park", "metro", "bus", "airport"]
+    data = _data(root, class_names=order)
+    assert data.class_names == order and data.num_classes == 5
+    data.setup()
+    clips = data.train_set.dataset
+    assert [order[label] for label in clips.labels] == [name.split("/")[-1].split("-")[0] for name in clips.files]
+    with pytest.warns(UserWarning, match=r"no clip of the scene label\(s\) \['tram'\]"):
+        assert _data(root, class_names=[*order, "tram"]).num_classes == 6
+    with pytest.raises(ValueError, match="not in the class_names option"):
+        _data(root, class_names=order[:4])

@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from l2bn_lit.results import collect_runs, norm_label, summary_table
+from l2bn_lit.results import collect_runs, norm_label, scan_runs, summary_table
+from l2bn_lit.results import main as results_main
 
 
 def _run(folder, norm, seed, accuracy):
@@ -39,3 +40,22 @@ def test_untested_run_is_an_error_naming_it(tmp_path):
 def test_norm_options_make_their_own_group():
     assert norm_label("bn") == norm_label("bn", {}) == "bn"
     assert norm_label("l2bn", {"rescale": True, "eps": 0.001}) == "l2bn:eps=0.001,rescale=true"
+
+
+def test_results_reports_finished_runs_and_lists_interrupted_ones_apart(tmp_path, capsys):
+    _run(tmp_path / "bn_0", "bn", 0, 0.80)
+    _run(tmp_path / "l2bn_0", "l2bn", 0, 0.85)
+    _run(tmp_path / "l2bn_1", "l2bn", 1, None)  # interrupted before its test
+    (tmp_path / "l2bn_1" / "checkpoints").mkdir()
+    (tmp_path / "l2bn_1" / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    (tmp_path / "bn_1").mkdir()
+    (tmp_path / "bn_1" / "config.yaml").write_text(yaml.safe_dump({"seed_everything": 1, "model": {"init_args": {"norm": "bn"}}}))
+    finished, incomplete = scan_runs(tmp_path)
+    assert sorted(finished["run"]) == ["bn_0", "l2bn_0"]
+    assert incomplete.set_index("run").loc["l2bn_1", "last epoch"] == 1
+    assert incomplete.set_index("run").loc["l2bn_1", "last.ckpt"].endswith("l2bn_1/checkpoints/last.ckpt")
+    assert incomplete.set_index("run").loc["bn_1", "reason"] == "no metrics.csv"
+    results_main([str(tmp_path)])
+    out = capsys.readouterr().out
+    table, rest = out.split("2 incomplete run(s)")
+    assert "0.85" in table and "l2bn_1" not in table and "l2bn_1" in rest and "bn_1" in rest
