@@ -8,8 +8,8 @@ SEED --test_after_fit true`` plus the options after ``--`` (a norm given as ``l2
 also passes ``--model.init_args.norm_options '{"rescale": true}'``), each in a fresh process, one after
 another or ``--parallel K`` at a time (small models leave a GPU mostly idle: several runs share it
 well), and ``--dry-run`` prints the commands, for a cluster's job array. Run folders are
-``OUT/<norm>/seed<seed>`` (``OUT/l2bn-rescale=true/seed0``); a run whose test metrics are already there is not run again, so an
-interrupted sweep resumes. ``--analysis`` adds the :mod:`l2bn_lit.analysis` callbacks to every run
+``OUT/<norm>/seed<seed>`` (``OUT/l2bn-rescale=true/seed0``); a run whose test metrics are already there is not run again,
+and an interrupted one continues from its ``last.ckpt``, so an interrupted sweep resumes. ``--analysis`` adds the :mod:`l2bn_lit.analysis` callbacks to every run
 and draws their curves per norm (mean over seeds) into ``OUT/compare_*.png``.
 
 Writes ``OUT/sweep.csv`` (one row per run) and ``OUT/sweep.md``: mean +- std per norm and, for every
@@ -37,6 +37,7 @@ from scipy import stats
 
 from .analysis import CALLBACKS, analysis_summary, compare_runs
 from .results import collect_runs, norm_label, summary_table
+from .serialization import load_checkpoint
 
 __all__ = ["t_interval", "paired_differences", "parse_arm", "run_command", "main"]
 
@@ -63,14 +64,18 @@ def run_folder_name(arm: str) -> str:
     return norm_label(norm, options).replace(":", "-").replace('"', "")
 
 
-def run_command(config: str, arm: str, seed: int, out: Path, analysis: bool, extra: list[str]) -> list[str]:
-    """The CLI command of one run of the sweep: ``arm`` is a norm, optionally with options."""
+def run_command(config: str, arm: str, seed: int, out: Path, analysis: bool, extra: list[str], resume: Path | None = None) -> list[str]:
+    """The CLI command of one run of the sweep: ``arm`` is a norm, optionally with options; ``resume``:
+    the run's ``last.ckpt`` to continue from (its metrics.csv kept up to that checkpoint)."""
     norm, options = parse_arm(arm)
-    logger = {"class_path": "pytorch_lightning.loggers.CSVLogger",
+    logger = {"class_path": "l2bn_lit.csv_logger.RunCSVLogger",
               "init_args": {"save_dir": str(out), "name": run_folder_name(arm), "version": f"seed{seed}"}}
+    if resume is not None:
+        logger["init_args"]["resume_step"] = load_checkpoint(resume)["global_step"]
     command = [
         sys.executable, "-m", "l2bn_lit.cli", "fit", "--config", config, "--model.init_args.norm", norm,
         "--seed_everything", str(seed), "--test_after_fit", "true", "--trainer.logger", json.dumps(logger),
+        *(["--ckpt_path", str(resume)] if resume is not None else []),
     ]
     if options:
         command += ["--model.init_args.norm_options", json.dumps(options)]
@@ -161,7 +166,7 @@ def _run_all(pending: list[tuple[str, int, Path, list[str]]], out: Path, paralle
         while pending or running:
             while pending and len(running) < parallel:
                 norm, seed, run, command = pending.pop(0)
-                if run.exists():  # an interrupted run: start it again from scratch
+                if run.exists() and "--ckpt_path" not in command:  # interrupted before any checkpoint: start afresh
                     shutil.rmtree(run)
                 log_path = out / "logs" / f"{run_folder_name(norm)}-seed{seed}.log"
                 log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -203,12 +208,17 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     for norm in args.norms:
         for seed in args.seeds:
             run = out / run_folder_name(norm) / f"seed{seed}"
-            command = run_command(args.config, norm, seed, out, args.analysis, args.cli)
+            last = run / "checkpoints" / "last.ckpt"
+            finished = _finished(run, args.metrics)
+            resume = last if last.is_file() and not finished and not args.dry_run else None
+            command = run_command(args.config, norm, seed, out, args.analysis, args.cli, resume)
             if args.dry_run:
                 print(shlex.join(command))
-            elif _finished(run, args.metrics):
+            elif finished:
                 print(f"[sweep] {norm} seed {seed}: done before, kept ({run})")
             else:
+                if resume is not None:
+                    print(f"[sweep] {norm} seed {seed}: interrupted before, continuing from {resume}")
                 pending.append((norm, seed, run, command))
     if args.dry_run:
         return pd.DataFrame()

@@ -62,12 +62,18 @@ def test_tiny_sweep_runs_every_combination_collects_and_resumes(tmp_path, capsys
         assert (out / f"compare_{name}.png").stat().st_size > 1000
         assert (out / "l2bn" / "seed1" / f"{name}.csv").is_file()
 
-    (out / "l2bn" / "seed1" / "metrics.csv").unlink()  # as if interrupted
+    interrupted = out / "l2bn" / "seed1"
+    metrics = pd.read_csv(interrupted / "metrics.csv")
+    trained = metrics[metrics["test/acc"].isna()]
+    trained.to_csv(interrupted / "metrics.csv", index=False)  # as if stopped before its test
     capsys.readouterr()
     again = main(argv)
     printed = capsys.readouterr().out
-    assert printed.count("done before, kept") == 3 and "l2bn seed 1:" in printed
+    assert printed.count("done before, kept") == 3
+    assert f"l2bn seed 1: interrupted before, continuing from {interrupted / 'checkpoints' / 'last.ckpt'}" in printed
     assert len(again) == 4
+    continued = pd.read_csv(interrupted / "metrics.csv")
+    assert continued["test/acc"].notna().sum() == 1 and len(continued) == len(trained) + 1  # its rows kept, once
 
     main([*argv[:13], "--dry-run", *argv[13:]])
     commands = [line for line in capsys.readouterr().out.splitlines() if "l2bn_lit.cli fit" in line]
