@@ -92,7 +92,6 @@ class ImageDataModule(ClassificationDataModule):
         train = DeviceImages(torch.as_tensor(train_x), torch.as_tensor(train_y), self.mean, self.std)
         test = DeviceImages(torch.as_tensor(test_x), torch.as_tensor(test_y), self.mean, self.std)
         self.device_images = {"train": train, "train_eval": train, "test": test}
-        self.seed = torch.initial_seed()  # the augmentation key, as the training sampler's
         return IndexDataset(len(train), "train"), IndexDataset(len(train), "train_eval"), IndexDataset(len(test), "test")
 
     def decoded_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
@@ -115,7 +114,7 @@ class ImageDataModule(ClassificationDataModule):
             batch.indices,
             augment=batch.split == "train",
             epoch=epoch,
-            seed=self.seed,
+            seed=self._training_seed(),  # the augmentation key: the training order's seed (a resumed run's too)
             padding=self.padding,
             crop_per_batch=self.crop_per_batch,
         )

@@ -14,7 +14,13 @@
   an error;
 - ``fit --test_after_fit true`` tests the best checkpoint at the end of fit (``--test_ckpt last``: the
   last epoch's weights, also used when there is no validation set);
-- ``complexity.json`` (parameters, MACs for one input) is written into each run folder.
+- ``complexity.json`` (parameters, MACs for one input) is written into each run folder;
+- runs survive a cluster (docs/runs.md): ``last.ckpt`` every epoch, written atomically
+  (:class:`~l2bn_lit.checkpoint.AtomicCheckpointIO`); SIGTERM/SIGUSR1 save it and exit 143/138
+  (:class:`~l2bn_lit.resume.PreemptionCheckpoint`); random states in every checkpoint
+  (:class:`~l2bn_lit.resume.RNGStateCheckpoint`); ``fit --ckpt_path <run>/checkpoints/last.ckpt``
+  continues in that run folder; every checkpoint is read weights-only; option and config mistakes
+  print a short error (``--debug`` for the traceback).
 """
 
 from __future__ import annotations
@@ -188,9 +194,10 @@ class L2BNLightningCLI(LightningCLI):
 
     def before_fit(self) -> None:
         """Records in the run folder's ``resumes.txt`` which checkpoint a resumed fit continues."""
-        if self._checkpoint is None or not self.trainer.is_global_zero or self.trainer.log_dir is None:
+        log_dir = self.trainer.log_dir  # a collective under DDP: every rank asks
+        if self._checkpoint is None or not self.trainer.is_global_zero or log_dir is None:
             return
-        folder = Path(self.trainer.log_dir)
+        folder = Path(log_dir)
         folder.mkdir(parents=True, exist_ok=True)
         line = (f"{datetime.now().isoformat(timespec='seconds')} continued from {self._checkpoint['path']} "
                 f"(epoch {self._checkpoint['epoch']}, global step {self._checkpoint['global_step']})\n")
