@@ -9,7 +9,8 @@ The layout shared by the DCASE 2019-2025 releases::
     <root>/evaluation_setup/fold1_test.csv   filename
 
 File lists may lack columns (``scene_label`` and ``identifier`` are then taken from ``meta.csv``)
-and may use CRLF line ends. The recording device is the last ``-`` field of the file name.
+and may use CRLF line ends. The recording device is the list's ``device_id`` (DCASE 2025's evaluation
+list), ``device`` or ``source_label`` column, else the last ``-`` field of a TAU file name.
 """
 
 from __future__ import annotations
@@ -20,12 +21,20 @@ import numpy as np
 import pandas as pd
 import soundfile as sf
 
-__all__ = ["read_file_list", "device_of", "write_synthetic_tau", "SYNTHETIC_SCENES"]
+__all__ = ["read_file_list", "device_of", "DEVICE_COLUMNS", "write_synthetic_tau", "SYNTHETIC_SCENES"]
+
+
+#: the columns that name a clip's recording device, in order of precedence (DCASE 2025's evaluation
+#: list has ``device_id``; ``meta.csv`` has ``source_label``)
+DEVICE_COLUMNS = ("device", "device_id", "source_label")
 
 
 def device_of(filename: str) -> str:
-    """``audio/airport-lisbon-1000-40000-s4.wav`` -> ``s4``."""
-    return Path(filename).stem.rsplit("-", 1)[-1]
+    """The device in a TAU file name, ``<scene>-<city>-<location>-<segment>[-<part>]-<device>.wav``:
+    ``audio/airport-lisbon-1000-40000-s4.wav`` -> ``s4``; ``""`` for a name of another form (the
+    DCASE 2025 evaluation set's, whose list has a ``device_id`` column instead)."""
+    fields = Path(filename).stem.split("-")
+    return fields[-1] if len(fields) >= 5 else ""
 
 
 def _read_tsv(path: Path) -> pd.DataFrame:
@@ -38,9 +47,9 @@ def _read_tsv(path: Path) -> pd.DataFrame:
 
 def read_file_list(root: str | Path, list_path: str, need_labels: bool) -> pd.DataFrame:
     """One row per listed file with columns ``filename``, ``scene_label`` (when ``need_labels``),
-    ``identifier`` (recording location, when known) and ``device`` (the list's ``device`` or
-    ``source_label`` column when it has one, as DCASE 2025's evaluation lists do, else the file name's
-    last ``-`` field).
+    ``identifier`` (recording location, when known) and ``device`` (the list's ``device``, ``device_id``
+    or ``source_label`` column when it has one, as DCASE 2025's evaluation list does, else the device
+    in the file name, ``""`` where the name has none).
 
     Missing ``scene_label``/``identifier`` columns are filled in from ``meta.csv``.
 
@@ -67,8 +76,8 @@ def read_file_list(root: str | Path, list_path: str, need_labels: bool) -> pd.Da
         unlabeled = table.loc[table["scene_label"].isna() | (table["scene_label"] == ""), "filename"]
         if len(unlabeled):
             raise ValueError(f"{len(unlabeled)} file(s) of {path} have no scene_label, e.g. {unlabeled.iloc[0]}")
-    if "device" not in table:  # DCASE 2025 lists name the device in a column; older ones in the file name
-        table["device"] = table["source_label"] if "source_label" in table else table["filename"].map(device_of)
+    column = next((c for c in DEVICE_COLUMNS if c in table), None)  # DCASE 2025 lists name it in a column
+    table["device"] = table[column] if column is not None else table["filename"].map(device_of)
     return table.reset_index(drop=True)
 
 

@@ -158,15 +158,16 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     probs, labels = evaluate_checkpoints(models, loader, device, transfer)
     dataset = {"test": data.test_set, "val": data.val_set, "predict": getattr(data, "predict_set", None)}[own.split]
     clips = getattr(dataset, "dataset", dataset)
-    devices = getattr(clips, "devices", None)
-    if devices is not None and own.split == "val":
-        devices = [devices[i] for i in dataset.indices]
+    devices, names = getattr(clips, "devices", None), getattr(clips, "files", None)
+    if own.split == "val":  # the validation subset of the training list
+        devices = None if devices is None else [devices[i] for i in dataset.indices]
+        names = None if names is None else [names[i] for i in dataset.indices]
     known = set(data.train_table["device"]) if hasattr(data, "train_table") else set()
     class_names = list(data.class_names)
     general = probs[: len(paths)]
     candidates = [(str(path), model, p) for path, model, p in zip(paths, models, general)]
     if routes:
-        routed = _routed(general[0], dict(zip(routes, probs[len(paths) :])), devices)
+        routed = _routed(general[0], dict(zip(routes, probs[len(paths) :])), devices, names)
         candidates.append((f"device-specific ({', '.join(routes)}; others: {paths[0].name})", None, routed))
     elif len(paths) > 1:
         candidates.append((f"ensemble (mean of {len(paths)})", None, np.mean(general, axis=0)))
@@ -209,10 +210,19 @@ def _route(item: str) -> tuple[str, Path]:
     return device, Path(path)
 
 
-def _routed(general: np.ndarray, by_device: dict[str, np.ndarray], devices: list[str] | None) -> np.ndarray:
-    """Each clip's probabilities from its device's model, or from the general model."""
+def _routed(general: np.ndarray, by_device: dict[str, np.ndarray], devices: list[str] | None, files: list[str] | None = None) -> np.ndarray:
+    """Each clip's probabilities from its device's model, or from the general model (a device no model
+    is routed to). A clip whose list gives no device is an error naming it: sending it to the general
+    model would silently evaluate another system than the one described."""
     if devices is None:
         raise ValueError("--device-model needs each clip's recording device (audio data in the TAU layout)")
+    unknown = [i for i, device in enumerate(devices) if device in ("", None) or device != device]
+    if unknown:
+        name = files[unknown[0]] if files is not None else f"clip {unknown[0]}"
+        raise ValueError(
+            f"--device-model: {len(unknown)} clip(s) of the list have no recording device, e.g. {name}; give the "
+            "list a device_id column (as DCASE 2025's evaluation list has) or TAU file names ending in -<device>.wav"
+        )
     routed = general.copy()
     for device, probs in by_device.items():
         mask = np.asarray(devices) == device

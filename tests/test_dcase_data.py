@@ -166,3 +166,12 @@ def test_label_set_comes_from_meta_or_the_option(root):
         assert _data(root, class_names=[*order, "tram"]).num_classes == 6
     with pytest.raises(ValueError, match="not in the class_names option"):
         _data(root, class_names=order[:4])
+
+
+def test_device_comes_from_the_lists_column_or_a_tau_file_name(root):
+    assert device_of("audio/airport-lisbon-1000-40000-s4.wav") == "s4"
+    assert device_of("audio/airport-lisbon-1000-40000-0-a.wav") == "a"  # the 1-s segments of 2022-2025
+    assert device_of("audio/12345.wav") == ""  # DCASE 2025's evaluation names carry no device
+    names = pd.read_csv(root / "evaluation_setup/fold1_test.csv", sep="\t")["filename"]
+    pd.DataFrame({"filename": names, "device_id": "x"}).to_csv(root / "evaluation_setup/with_ids.csv", sep="\t", index=False)
+    assert set(read_file_list(root, "evaluation_setup/with_ids.csv", need_labels=False)["device"]) == {"x"}

@@ -119,3 +119,41 @@ def test_predict_writes_the_challenge_output_file(runs, synthetic_root, tmp_path
     probs = output.iloc[:, 2:].to_numpy()
     np.testing.assert_allclose(probs.sum(1), 1, atol=1e-5)
     assert (output["scene_label"] == output.columns[2:][probs.argmax(1)]).all()
+
+
+def _eval_2025(root: Path, with_devices: bool) -> str:
+    """A DCASE 2025-style evaluation list: anonymous file names, the device in a ``device_id`` column."""
+    listed = pd.read_csv(root / "evaluation_setup" / "fold1_evaluate.csv", sep="\t")
+    rows = []
+    for index, name in enumerate(listed["filename"]):
+        anonymous = f"audio/eval_{index}.wav"
+        (root / anonymous).write_bytes((root / name).read_bytes())
+        rows.append({"filename": anonymous, "device_id": name.rsplit("-", 1)[-1].removesuffix(".wav")})
+    table = pd.DataFrame(rows if with_devices else [{"filename": r["filename"]} for r in rows])
+    path = f"evaluation_setup/eval_2025_{'devices' if with_devices else 'bare'}.csv"
+    table.to_csv(root / path, sep="\t", index=False)
+    return path
+
+
+def test_device_ids_of_a_2025_evaluation_list_route_the_clips_and_a_missing_one_is_an_error(runs, root, tmp_path):
+    folder, _ = runs
+    general, device_a = find_checkpoints([str(folder / "bn")])[0], find_checkpoints([str(folder / "l2bn")])[0]
+    listed = _eval_2025(root, with_devices=True)
+    common = ["--config", DCASE, "--data.init_args.root", str(root), "--data.init_args.predict_list", listed, "--split", "predict"]
+
+    def output(*checkpoints: str, out: str) -> pd.DataFrame:
+        evaluate([*common, *checkpoints, "--out", str(tmp_path / out)])
+        return pd.read_csv(tmp_path / out / "output.csv", sep="\t")
+
+    routed = output(str(general), "--device-model", f"a={device_a}", out="routed")
+    alone = {"bn": output(str(general), out="bn"), "l2bn": output(str(device_a), out="l2bn")}
+    is_a = (pd.read_csv(root / listed, sep="\t")["device_id"] == "a").to_numpy()
+    assert 0 < is_a.sum() < len(is_a)
+    columns = routed.columns[2:]
+    np.testing.assert_allclose(routed.loc[is_a, columns], alone["l2bn"].loc[is_a, columns], atol=1e-6)
+    np.testing.assert_allclose(routed.loc[~is_a, columns], alone["bn"].loc[~is_a, columns], atol=1e-6)
+
+    bare = _eval_2025(root, with_devices=False)  # no device column, and the names carry none
+    with pytest.raises(ValueError, match=r"--device-model: \d+ clip\(s\) of the list have no recording device, e.g. audio/eval_0.wav"):
+        evaluate([*common[:-4], "--data.init_args.predict_list", bare, "--split", "predict", str(general),
+                  "--device-model", f"a={device_a}", "--out", str(tmp_path / "bare")])
