@@ -161,6 +161,13 @@ class ClassificationDataModule(pl.LightningDataModule):
         if state_dict.get("train_batches_done"):
             self._resume_at = (state_dict["epoch"], state_dict["train_batches_done"])
 
+    @classmethod
+    def settings_without_data(cls, options: dict) -> dict | None:
+        """The settings linked to the model (``num_classes``, ``input_shape``, ``sample_rate``,
+        ``class_names``) from this datamodule's options alone, without reading any data, or ``None``
+        when they need the data (then the datamodule is built). For ``l2bn complexity``."""
+        return None
+
     @abstractmethod
     def build_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
         """Returns ``(train, train_with_eval_transforms, test)``; the first two index the same samples."""

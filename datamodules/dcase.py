@@ -30,7 +30,7 @@ from torch.utils.data import Dataset
 
 from .base import ClassificationDataModule
 from .feature_cache import CachedFeatureDataset, build_feature_cache, feature_cache_path
-from .tau_check import truncated_wavs
+from .tau_check import TAU_SCENES, truncated_wavs
 from .tau_download import dataset_specs
 from .tau_download import download as download_dataset
 from .tau_layout import device_of, read_file_list, write_synthetic_tau
@@ -38,6 +38,13 @@ from .tau_layout import device_of, read_file_list, write_synthetic_tau
 __all__ = ["AudioClipDataset", "TAUScenesDataModule", "load_impulse_responses"]
 
 log = logging.getLogger(__name__)
+
+
+def _meta_labels(meta: Path) -> list[str]:
+    """The scene labels of a ``meta.csv``, sorted (none when it has no ``scene_label`` column)."""
+    table = pd.read_csv(meta, sep="\t", dtype=str, keep_default_na=False)
+    table.columns = [c.strip() for c in table.columns]
+    return sorted(set(table["scene_label"].str.strip()) - {""}) if "scene_label" in table else []
 
 
 class AudioClipDataset(Dataset):
@@ -205,6 +212,18 @@ class TAUScenesDataModule(ClassificationDataModule):
         self.num_classes = len(self.class_names)
         self.input_shape = [self.samples]
 
+    @classmethod
+    def settings_without_data(cls, options: dict) -> dict:
+        """The input shape follows from ``sample_rate`` and ``duration``; the label set is
+        ``class_names``, else ``meta.csv``'s when the root has one, else the ten TAU scenes."""
+        rate, duration = options.get("sample_rate", 44100), options.get("duration", 10.0)
+        names = options.get("class_names")
+        meta = Path(options.get("root", "")) / "meta.csv"
+        if names is None:
+            names = _meta_labels(meta) if meta.is_file() else None
+        names = list(names) if names else sorted(TAU_SCENES)
+        return {"num_classes": len(names), "class_names": names, "input_shape": [round(rate * duration)], "sample_rate": rate}
+
     def _label_set(self, class_names: list[str] | None) -> tuple[list[str], str]:
         """The scene labels (class-index order) and where they come from (see ``class_names``)."""
         if class_names is not None:
@@ -212,10 +231,9 @@ class TAUScenesDataModule(ClassificationDataModule):
                 raise ValueError(f"class_names has duplicates: {class_names}")
             return list(class_names), "the class_names option"
         meta = Path(self.root) / "meta.csv"
-        if meta.is_file():
-            labels = pd.read_csv(meta, sep="\t", dtype=str, keep_default_na=False, usecols=lambda c: c.strip() == "scene_label")
-            if not labels.empty:
-                return sorted(set(labels.iloc[:, 0].str.strip()) - {""}), f"the labels of {meta}"
+        labels = _meta_labels(meta) if meta.is_file() else []
+        if labels:
+            return labels, f"the labels of {meta}"
         return sorted(self.train_table["scene_label"].unique()), f"the labels of {Path(self.root) / self.train_list}"
 
     def _labels(self, table: pd.DataFrame, list_path: str) -> list[int]:

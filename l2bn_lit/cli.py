@@ -219,8 +219,7 @@ class L2BNLightningCLI(LightningCLI):
             self._checkpoint = {"path": ckpt_path, "epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step", 0)}
         if ckpt_path and model is not None and model.get("init_args") is not None and ckpt_path not in LIGHTNING_CKPT_NAMES:
             saved = checkpoint["hyper_parameters"]
-            module_name, _, name = model["class_path"].rpartition(".")
-            cls = getattr(importlib.import_module(module_name), name)
+            cls = _import(model["class_path"])
             defaults, given = _init_defaults(cls), dict(model["init_args"])
             keys = tuple(
                 k for k in cls.architecture_keys if k not in LINKED and k in given and given[k] != defaults.get(k)
@@ -262,9 +261,36 @@ class L2BNLightningCLI(LightningCLI):
         return super().instantiate_trainer(**kwargs)
 
 
-def main(args: list[str] | None = None, run: bool = True) -> L2BNLightningCLI:
-    """Entry point of ``cli.py``; ``args``/``run`` as LightningCLI's (for tests and notebooks)."""
-    return L2BNLightningCLI(
+class ModelOnlyCLI(L2BNLightningCLI):
+    """Parses a config like the CLI and builds only its model, reading no data where the datamodule can
+    state the linked settings from its options (:meth:`ClassificationDataModule.settings_without_data`);
+    ``datamodule`` and ``trainer`` are then ``None``. Otherwise everything is built as usual."""
+
+    def instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        data, model = config["data"], config["model"]
+        settings = _import(data["class_path"]).settings_without_data(_plain(data["init_args"]))
+        if settings is None:
+            return super().instantiate_classes()
+        self.config_init = self.config
+        self.datamodule, self.trainer = None, None
+        self.model = _import(model["class_path"])(**{**_plain(model["init_args"]), **settings})
+
+
+def _import(class_path: str) -> type:
+    module_name, _, name = class_path.rpartition(".")
+    return getattr(importlib.import_module(module_name), name)
+
+
+def _plain(namespace: Any) -> dict[str, Any]:
+    """A parsed ``init_args`` namespace as a plain dict."""
+    return namespace.as_dict() if hasattr(namespace, "as_dict") else dict(namespace)
+
+
+def main(args: list[str] | None = None, run: bool = True, cli_class: type[L2BNLightningCLI] = L2BNLightningCLI) -> L2BNLightningCLI:
+    """Entry point of ``cli.py``; ``args``/``run`` as LightningCLI's (for tests and notebooks);
+    ``cli_class`` :class:`ModelOnlyCLI` builds the model of a config without its data."""
+    return cli_class(
         ClassificationModule,
         ClassificationDataModule,
         subclass_mode_model=True,

@@ -11,7 +11,8 @@ run's best checkpoint (``best-*.ckpt``; ``last.ckpt`` where there is no best).
 The data is read once: each batch is decoded once, audio features are computed once per distinct
 front-end and handed to every model that uses it. Writes ``leaderboard.md`` and ``leaderboard.csv``
 into ``--out``: per checkpoint the macro class-wise accuracy (DCASE's rank), accuracy, log loss,
-for audio the macro accuracy on devices seen in training and on unseen ones, parameters and MACs;
+for audio the macro accuracy on devices seen in training and on unseen ones, parameters and MACs
+(torchinfo's count plus L2BN's per-sample norms, :mod:`l2bn_lit.complexity`);
 and an ensemble row (the mean of the models' probabilities).
 
 DCASE 2025 device-specific systems: ``--device-model a=CKPT`` (once per device) routes each clip of
@@ -200,7 +201,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 
 def _size(model: ClassificationModule) -> dict[str, int]:
     report = complexity_report(model, list(model.hparams.input_shape))
-    return {"parameters": report["parameters"], "MACs": report.get("macs_network", report["macs"])}
+    return {"parameters": report["parameters"], "MACs": report["macs_for_limits"]}  # torchinfo's, plus L2BN's norms
 
 
 def _route(item: str) -> tuple[str, Path]:

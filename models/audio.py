@@ -7,6 +7,7 @@ log-mel ``(N, 1, n_mels, frames)``. The paper's setup is 44.1 kHz, ``n_fft=2048`
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Literal
 
@@ -339,13 +340,21 @@ AUDIO_ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
 _WITH_PLAIN_NORMS = ("fs_resnet", "fcnn", "fsfcnn")
 
 
-def build_audio_model(arch: str, num_classes: int, norm: str = "l2bn", norm_options: dict | None = None) -> nn.Module:
-    """A log-mel CNN by name, taking ``(N, 1, n_mels, frames)``."""
+def build_audio_model(
+    arch: str, num_classes: int, norm: str = "l2bn", norm_options: dict | None = None, arch_options: dict | None = None
+) -> nn.Module:
+    """A log-mel CNN by name, taking ``(N, 1, n_mels, frames)``; ``arch_options`` are keyword arguments
+    of its constructor (an unknown one is an error naming the constructor's own)."""
     if arch not in AUDIO_ARCHITECTURES:
         raise ValueError(f"unknown audio arch {arch!r}; choose one of {', '.join(AUDIO_ARCHITECTURES)}")
-    options = dict(norm_options or {})
+    options, extra = dict(norm_options or {}), dict(arch_options or {})
+    constructor = AUDIO_ARCHITECTURES[arch]
+    accepted = [name for name in inspect.signature(constructor).parameters if name not in ("num_classes", "norm_layer", "plain_norm")]
+    unknown = sorted(set(extra) - set(accepted))
+    if unknown:
+        raise ValueError(f"arch_options {unknown} are not options of {arch!r}; it takes {', '.join(accepted)}")
     norm_layer = get_norm_layer(norm, 2, **options)
     if arch in _WITH_PLAIN_NORMS:
         plain = norm_layer if norm == "none" else get_norm_layer(norm, 2, **{**options, "affine": False})
-        return AUDIO_ARCHITECTURES[arch](num_classes, norm_layer, plain)
-    return AUDIO_ARCHITECTURES[arch](num_classes=num_classes, norm_layer=norm_layer)
+        return constructor(num_classes, norm_layer, plain, **extra)
+    return constructor(num_classes=num_classes, norm_layer=norm_layer, **extra)

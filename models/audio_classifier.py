@@ -33,6 +33,8 @@ class AudioSceneClassifier(ClassificationModule):
     Args:
         num_classes, input_shape, sample_rate: linked from the datamodule by the CLI.
         arch: a name from :data:`models.audio.AUDIO_ARCHITECTURES`.
+        arch_options: keyword arguments of the architecture's constructor, e.g. CP-Mobile's
+            ``{"expansion_rate": 2.0}`` (part of the architecture: checked against checkpoints).
         n_fft, hop_length, n_mels, f_min, f_max, log, top_db, win_length: the log-mel front-end (:class:`LogMel`).
         freq_mask, time_mask: SpecAugment mask widths in bins/frames (0: off), training only.
         time_roll: roll each training log-mel along time by a random number of frames.
@@ -40,7 +42,7 @@ class AudioSceneClassifier(ClassificationModule):
         **kwargs: :class:`~l2bn_lit.module.ClassificationModule` options (norm, optimizer, mixup, ...).
     """
 
-    architecture_keys = (*ClassificationModule.architecture_keys, "arch", *FRONTEND_KEYS)
+    architecture_keys = (*ClassificationModule.architecture_keys, "arch", "arch_options", *FRONTEND_KEYS)
 
     def __init__(
         self,
@@ -48,6 +50,7 @@ class AudioSceneClassifier(ClassificationModule):
         input_shape: list[int] | None = None,
         sample_rate: int | None = None,
         arch: str = "dcase_baseline",
+        arch_options: dict[str, Any] | None = None,
         n_fft: int = 2048,
         hop_length: int = 1024,
         n_mels: int = 128,
@@ -72,7 +75,7 @@ class AudioSceneClassifier(ClassificationModule):
     def build_network(self) -> nn.Module:
         hp = self.hparams
         frontend = LogMel(hp.sample_rate, hp.n_fft, hp.hop_length, hp.n_mels, hp.f_min, hp.f_max, hp.log, hp.top_db, hp.win_length)
-        cnn = build_audio_model(hp.arch, hp.num_classes, hp.norm, hp.norm_options)
+        cnn = build_audio_model(hp.arch, hp.num_classes, hp.norm, hp.norm_options, hp.arch_options)
         roll = [TimeRoll()] if hp.time_roll else []
         augment = nn.Sequential(*roll, SpecAugment(hp.freq_mask, hp.time_mask), FreqMixStyle(hp.mixstyle_p, hp.mixstyle_alpha))
         return LogMelClassifier(frontend, augment, cnn)
@@ -81,6 +84,12 @@ class AudioSceneClassifier(ClassificationModule):
     def frontend(self) -> LogMel:
         """The log-mel front-end ``(N, samples)`` -> ``(N, 1, n_mels, frames)``."""
         return self.network.frontend
+
+    @property
+    def feature_network(self) -> nn.Module:
+        """The network on the log-mels ``(N, 1, n_mels, frames)`` -> ``(N, num_classes)`` logits: what
+        the DCASE complexity limits count (the augmentation between them is the identity at inference)."""
+        return self.network.cnn
 
     @property
     def frontend_settings(self) -> dict[str, Any]:

@@ -36,7 +36,7 @@ def test_cp_mobile_has_the_baselines_size(norm):
     model = CPMobile(10, get_norm_layer(norm, 2))
     report = complexity_report(model, [1, 256, 65])
     assert report["parameters"] == 61_148
-    assert 29.3e6 < report["macs"] < 29.5e6
+    assert report["macs"] == 29_419_156  # torchinfo's total_mult_adds, as the challenge's script counts
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     assert len(norms) == 2 + 6 * 3 + 1 and all(isinstance(m, L2BN2d) == (norm == "l2bn") for m in norms)
     out = model(torch.randn(3, 1, 256, 65))
@@ -90,8 +90,9 @@ def tau2022(tmp_path_factory) -> Path:
 
 def test_task_config_model_is_within_the_limits(tau2022, capsys):
     report = complexity(["--config", CONFIG, "--data.init_args.root", str(tau2022)])
-    assert report["parameters"] == 61_148 - 104 * 5 - 2 * 5  # 5 synthetic scenes: the 104->classes conv and its norm shrink
-    assert report["macs_network"] < 30e6 and report["parameter_memory_bytes"] < 128_000
+    assert report["parameters"] == 56_380 - 104 * 5 - 2 * 5  # 5 synthetic scenes: the 104->classes conv and its norm shrink
+    assert report["macs_for_limits"] == report["macs_network"] + report["l2bn_inference_macs"] < 30e6
+    assert report["parameter_memory_bytes"] < 128_000
     assert "within the limits" in capsys.readouterr().out
 
 
