@@ -44,8 +44,8 @@ def torchinfo_macs(module: nn.Module, input_shape: list[int]) -> int:
     device = next(module.parameters()).device
     module.eval()
     try:
-        with torch.no_grad():
-            stats = summary(module, input_size=(1, *input_shape), device=device, verbose=0, mode="eval")
+        with torch.no_grad():  # zeros, not torchinfo's random input: counting must not move the RNG (a resumed run's)
+            stats = summary(module, input_data=[torch.zeros(1, *input_shape, device=device)], verbose=0, mode="eval")
     finally:
         module.train(was_training)
     return int(stats.total_mult_adds)

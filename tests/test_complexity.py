@@ -99,3 +99,19 @@ def test_unknown_arch_option_names_the_accepted_ones():
 
     with pytest.raises(ValueError, match=r"arch_options \['width'\] are not options of 'cp_mobile'; it takes in_channels, base_channels"):
         build_audio_model("cp_mobile", 10, "l2bn", None, {"width": 2})
+
+
+def test_counting_leaves_the_random_state_alone():
+    """torchinfo's ``input_size`` builds a random input (the library behaviour, shown last): counted in
+    every fit (ComplexityReport, after a resumed run's random state is restored), that would change
+    the resumed run's augmentation draws."""
+    import torch
+    from torchinfo import summary
+
+    model = nn.Sequential(nn.Conv2d(1, 2, 3, bias=False), nn.Flatten(), nn.Linear(18, 3))
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    complexity_report(model, [1, 5, 5])
+    assert torch.equal(state, torch.get_rng_state())
+    summary(model, input_size=(1, 1, 5, 5), verbose=0)
+    assert not torch.equal(state, torch.get_rng_state())
