@@ -41,11 +41,12 @@ def torchinfo_macs(module: nn.Module, input_shape: list[int]) -> int:
     (convolutions: weights x output positions, biases and other layers' parameters once per output
     row; elementwise work, pooling and the FFT are not counted)."""
     was_training = module.training
-    device = next(module.parameters()).device
+    first = next(module.parameters())
     module.eval()
     try:
         with torch.no_grad():  # zeros, not torchinfo's random input: counting must not move the RNG (a resumed run's)
-            stats = summary(module, input_data=[torch.zeros(1, *input_shape, device=device)], verbose=0, mode="eval")
+            zeros = torch.zeros(1, *input_shape, device=first.device, dtype=first.dtype)
+            stats = summary(module, input_data=[zeros], verbose=0, mode="eval")
     finally:
         module.train(was_training)
     return int(stats.total_mult_adds)
@@ -57,10 +58,11 @@ def l2bn_inference_values(module: nn.Module, input_shape: list[int]) -> tuple[in
     hooks = [m.register_forward_hook(lambda _m, args, _out: values.append(args[0][0].numel()))
              for m in module.modules() if isinstance(m, _L2BNBase)]
     was_training = module.training
+    first = next(module.parameters())
     module.eval()
     try:
         with torch.no_grad():
-            module(torch.zeros(1, *input_shape, device=next(module.parameters()).device))
+            module(torch.zeros(1, *input_shape, device=first.device, dtype=first.dtype))
     finally:
         module.train(was_training)
         for hook in hooks:

@@ -1,7 +1,7 @@
 """Many checkpoints on one split in one pass: a leaderboard and the ensemble.
 
     python -m l2bn_lit.evaluate --config configs/<x>.yaml [--data.init_args.* ...] CKPT|FOLDER [...]
-        [--out runs/evaluate] [--split test|val|predict] [--device-model DEVICE=CKPT ...]
+        [--out runs/evaluate] [--split test|val|predict] [--device-model DEVICE=CKPT ...] [--precision auto|32|16|bf16]
 
 Each checkpoint builds its own model from its saved settings (architecture, norm, front-end), so a
 BN checkpoint is never evaluated as L2BN; one whose label set, input shape or sample rate differs from
@@ -10,9 +10,12 @@ run's best checkpoint (``best-*.ckpt``; ``last.ckpt`` where there is no best).
 
 The data is read once: each batch is decoded once, audio features are computed once per distinct
 front-end and handed to every model that uses it. Writes ``leaderboard.md`` and ``leaderboard.csv``
-into ``--out``: per checkpoint the macro class-wise accuracy (DCASE's rank), accuracy, log loss,
-for audio the macro accuracy on devices seen in training and on unseen ones, parameters and MACs
-(torchinfo's count plus L2BN's per-sample norms, :mod:`l2bn_lit.complexity`);
+into ``--out``: per checkpoint the precision it ran at (``--precision``: 16 for audio models by default,
+as the DCASE baselines ship them), the macro class-wise accuracy (DCASE's rank), accuracy, log loss,
+for audio the macro accuracy on devices seen in training and on unseen ones, parameters, their memory
+at the dtype they ran at and MACs (torchinfo's count plus L2BN's per-sample norms,
+:mod:`l2bn_lit.complexity`); a device-specific system's figures are its largest model's (the limits
+hold per device model), an ensemble's the sum;
 and an ensemble row (the mean of the models' probabilities).
 
 DCASE 2025 device-specific systems: ``--device-model a=CKPT`` (once per device) routes each clip of
@@ -137,6 +140,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser.add_argument("--device-model", action="append", default=[], metavar="DEVICE=CKPT",
                         help="DCASE 2025 device-specific model (repeat per device): clips of DEVICE go to CKPT, others to the general model")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precision", choices=("auto", "32", "16", "bf16"), default="auto",
+                        help="the precision of the network on the features (auto: 16 for the DCASE audio models, as the "
+                        "baselines ship them with model.half(); 32 for image models)")
     own, cli_args = _split_args(parser, argv)
     from .cli import main as cli_main
 
@@ -152,6 +158,7 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     routes = dict(_route(item) for item in own.device_model)
     device = torch.device(own.device)
     models = [_load(path, data_settings, type(cli.model)).to(device) for path in [*paths, *routes.values()]]
+    precision = _set_precision(models, own.precision)
 
     def transfer(batch: Any) -> Any:  # the device-resident image pipeline gathers its batch here
         return data.on_after_batch_transfer(batch, 0) if hasattr(data, "on_after_batch_transfer") else batch
@@ -182,15 +189,14 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     sizes = {id(model): _size(model) for model in models}  # once per model: each costs a counted forward pass
     rows = []
     for name, model, p in candidates:
-        size = sizes[id(model)] if model is not None else {"parameters": sum(r["parameters"] for r in rows), "MACs": None}
-        rows.append({"checkpoint": name, "norm": model.hparams.norm if model is not None else "-",
+        size = sizes[id(model)] if model is not None else {"parameters": None, "parameter memory (B)": None, "MACs": None}
+        rows.append({"checkpoint": name, "norm": model.hparams.norm if model is not None else "-", "precision": precision,
                      **_metrics(p, labels, devices, known, class_names), **size})
-    if routes:  # the device-specific system: general + one model per routed device
+    if routes:  # the device-specific system: the limits hold per device model, so its figures are the largest model's
         system = [sizes[id(m)] for m in [models[0], *models[len(paths) :]]]
-        rows[-1]["parameters"] = sum(size["parameters"] for size in system)
-        rows[-1]["MACs"] = max(size["MACs"] for size in system)
-    elif len(paths) > 1:
-        rows[-1]["MACs"] = sum(r["MACs"] for r in rows[:-1])
+        rows[-1].update({key: max(size[key] for size in system) for key in ("parameters", "parameter memory (B)", "MACs")})
+    elif len(paths) > 1:  # the ensemble runs every model on each clip
+        rows[-1].update({key: sum(r[key] for r in rows[:-1]) for key in ("parameters", "parameter memory (B)", "MACs")})
     table = pd.DataFrame(rows)
     table.to_csv(out / "leaderboard.csv", index=False)
     markdown = table.to_markdown(index=False, floatfmt=".4f")
@@ -200,8 +206,23 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 
 
 def _size(model: ClassificationModule) -> dict[str, int]:
+    """Parameters, their memory at their actual dtype (the precision they run at) and MACs (torchinfo's,
+    plus L2BN's per-sample norms)."""
     report = complexity_report(model, list(model.hparams.input_shape))
-    return {"parameters": report["parameters"], "MACs": report["macs_for_limits"]}  # torchinfo's, plus L2BN's norms
+    return {"parameters": report["parameters"], "parameter memory (B)": report["parameter_bytes"], "MACs": report["macs_for_limits"]}
+
+
+def _set_precision(models: list[ClassificationModule], precision: str) -> str:
+    """Runs the models' networks at ``precision`` (``auto``: 16 for the audio models, 32 otherwise)."""
+    audio = all(hasattr(model, "set_inference_precision") for model in models)
+    if precision == "auto":
+        precision = "16" if audio else "32"
+    if precision != "32":
+        if not audio:
+            raise ValueError(f"--precision {precision} is for the DCASE audio models; evaluate image models at --precision 32")
+        for model in models:
+            model.set_inference_precision(precision)
+    return precision
 
 
 def _route(item: str) -> tuple[str, Path]:
@@ -233,7 +254,7 @@ def _routed(general: np.ndarray, by_device: dict[str, np.ndarray], devices: list
 
 def _split_args(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     """This tool's own arguments, and the LightningCLI options (``--config``, ``--data.*``, ...)."""
-    own_options = {"--out", "--split", "--device", "--device-model"}
+    own_options = {"--out", "--split", "--device", "--device-model", "--precision"}
     mine, cli, i = [], [], 0
     while i < len(argv):
         item = argv[i]

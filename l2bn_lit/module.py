@@ -250,7 +250,7 @@ class ClassificationModule(pl.LightningModule):
 
     def predict_step(self, batch: Any, batch_idx: int) -> Tensor:
         x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        return self(x).softmax(1)
+        return self(x).float().softmax(1)
 
     def _write_test_outputs(self) -> None:
         per_class = self.test_per_class.compute().cpu()

@@ -140,7 +140,8 @@ class LogMelClassifier(nn.Module):
             raise ValueError(
                 f"expected waveforms (N, samples) or log-mels (N, 1, {self.frontend.mel.n_mels}, frames), got {tuple(x.shape)}"
             )
-        return self.cnn(self.augment(x))
+        # the features enter the CNN at its own precision: float16 when it ships as the baselines do (model.half())
+        return self.cnn(self.augment(x).to(next(self.cnn.parameters()).dtype))
 
     def get_classifier(self) -> nn.Module:
         return classifier_of(self.cnn)

@@ -19,6 +19,10 @@ __all__ = ["AudioSceneClassifier"]
 FRONTEND_KEYS = ("n_fft", "hop_length", "n_mels", "f_min", "f_max", "log", "top_db", "win_length")
 
 
+#: inference precisions by name (``l2bn evaluate --precision``, ``predict_precision``)
+INFERENCE_PRECISIONS = {"32": torch.float32, "16": torch.float16, "bf16": torch.bfloat16}
+
+
 class AudioSceneClassifier(ClassificationModule):
     """Waveform ``(N, samples)`` at ``sample_rate`` (or its log-mel ``(N, 1, n_mels, frames)`` from
     the datamodule's feature cache) -> ``(N, num_classes)`` logits.
@@ -39,6 +43,8 @@ class AudioSceneClassifier(ClassificationModule):
         freq_mask, time_mask: SpecAugment mask widths in bins/frames (0: off), training only.
         time_roll: roll each training log-mel along time by a random number of frames.
         mixstyle_p, mixstyle_alpha: Freq-MixStyle probability per batch (0: off) and Beta parameter.
+        predict_precision: the precision ``predict`` runs the network on the features at (``16``: as
+            the DCASE baselines ship their models, ``model.half()``; see :meth:`set_inference_precision`).
         **kwargs: :class:`~l2bn_lit.module.ClassificationModule` options (norm, optimizer, mixup, ...).
     """
 
@@ -64,6 +70,7 @@ class AudioSceneClassifier(ClassificationModule):
         time_roll: bool = False,
         mixstyle_p: float = 0.0,
         mixstyle_alpha: float = 0.3,
+        predict_precision: Literal["32", "16", "bf16"] = "16",
         **kwargs,
     ) -> None:
         if sample_rate is None:
@@ -84,6 +91,17 @@ class AudioSceneClassifier(ClassificationModule):
     def frontend(self) -> LogMel:
         """The log-mel front-end ``(N, samples)`` -> ``(N, 1, n_mels, frames)``."""
         return self.network.frontend
+
+    def set_inference_precision(self, precision: str) -> None:
+        """Converts the network on the features (:attr:`feature_network`) to ``precision`` (``32``, ``16``
+        or ``bf16``), as the DCASE baselines predict with ``model.half()``; the front-end stays float32
+        and its features are cast on the way in. For evaluation and prediction, not for training."""
+        if precision not in INFERENCE_PRECISIONS:
+            raise ValueError(f"precision {precision!r}: choose one of {', '.join(INFERENCE_PRECISIONS)}")
+        self.feature_network.to(INFERENCE_PRECISIONS[precision])
+
+    def on_predict_start(self) -> None:
+        self.set_inference_precision(self.hparams.predict_precision)
 
     @property
     def feature_network(self) -> nn.Module:

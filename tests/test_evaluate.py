@@ -34,7 +34,7 @@ def runs(tmp_path_factory, synthetic_root):
 def test_leaderboard_rows_equal_separate_test_runs_and_the_ensemble_is_the_mean(runs, synthetic_root, tmp_path):
     folder, summaries = runs
     table = evaluate(["--config", DCASE, "--data.init_args.root", str(synthetic_root), str(folder / "bn"), str(folder / "l2bn"),
-                      "--out", str(tmp_path / "board")])
+                      "--out", str(tmp_path / "board"), "--precision", "32"])  # as the test runs
     assert list(table["norm"]) == ["bn", "l2bn", "-"]
     for index, norm in enumerate(("bn", "l2bn")):
         row = table.iloc[index]
@@ -44,6 +44,7 @@ def test_leaderboard_rows_equal_separate_test_runs_and_the_ensemble_is_the_mean(
     assert {"macro accuracy, known devices", "macro accuracy, unknown devices"} <= set(table.columns)
     assert table.iloc[2]["checkpoint"] == "ensemble (mean of 2)"
     assert table.iloc[2]["parameters"] == table.iloc[0]["parameters"] + table.iloc[1]["parameters"]
+    assert (table["parameter memory (B)"] == 4 * table["parameters"]).all() and set(table["precision"]) == {"32"}
     written = pd.read_csv(tmp_path / "board" / "leaderboard.csv")
     assert written.shape == table.shape and (tmp_path / "board" / "leaderboard.md").read_text().count("\n|") == 5  # header, rule, 3 rows
 
@@ -157,3 +158,49 @@ def test_device_ids_of_a_2025_evaluation_list_route_the_clips_and_a_missing_one_
     with pytest.raises(ValueError, match=r"--device-model: \d+ clip\(s\) of the list have no recording device, e.g. audio/eval_0.wav"):
         evaluate([*common[:-4], "--data.init_args.predict_list", bare, "--split", "predict", str(general),
                   "--device-model", f"a={device_a}", "--out", str(tmp_path / "bare")])
+
+
+def test_audio_models_are_evaluated_at_16_bit_as_they_ship(runs, synthetic_root, tmp_path, monkeypatch):
+    """By default the network on the features runs in float16 (the baselines' model.half()): the
+    leaderboard's probabilities are those of the half-precision network, its memory 2 bytes per parameter."""
+    import torch
+
+    import l2bn_lit.evaluate as module
+
+    folder, _ = runs
+    captured = {}
+    real = module.evaluate_checkpoints
+
+    def spy(models, loader, device, transfer=None):
+        captured["dtypes"] = [next(m.feature_network.parameters()).dtype for m in models]
+        captured["probs"], captured["labels"] = real(models, loader, device, transfer)
+        return captured["probs"], captured["labels"]
+
+    monkeypatch.setattr(module, "evaluate_checkpoints", spy)
+    options = ["--config", DCASE, "--data.init_args.root", str(synthetic_root), str(folder / "l2bn")]
+    half = evaluate([*options, "--out", str(tmp_path / "16")])
+    assert captured["dtypes"] == [torch.float16] and half.iloc[0]["precision"] == "16"
+    assert half.iloc[0]["parameter memory (B)"] == 2 * half.iloc[0]["parameters"]
+    probs16 = captured["probs"][0]
+    full = evaluate([*options, "--out", str(tmp_path / "32"), "--precision", "32"])
+    probs32 = captured["probs"][0]
+    assert not np.array_equal(probs16, probs32) and np.abs(probs16 - probs32).max() < 1e-2  # half rounding, no more
+    assert abs(half.iloc[0]["accuracy"] - full.iloc[0]["accuracy"]) <= 2 / len(captured["labels"])
+    with pytest.raises(ValueError, match="--precision 16 is for the DCASE audio models"):
+        module._set_precision([object()], "16")
+
+
+def test_predict_runs_the_network_at_16_bit(runs, synthetic_root, tmp_path):
+    import torch
+
+    folder, _ = runs
+    ckpt = find_checkpoints([str(folder / "l2bn")])[0]
+    cli = main(["predict", "--config", DCASE, "--data.init_args.root", str(synthetic_root), "--ckpt_path", str(ckpt),
+                "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])
+    assert next(cli.model.feature_network.parameters()).dtype == torch.float16
+    evaluate(["--config", DCASE, "--data.init_args.root", str(synthetic_root), str(ckpt), "--split", "predict", "--out", str(tmp_path / "e")])
+    by_evaluate = pd.read_csv(tmp_path / "e" / "output.csv", sep="\t")
+    submission = next(tmp_path.rglob("submission.csv"))
+    by_predict = pd.read_csv(submission, sep="\t")
+    assert by_predict["filename"].tolist() == by_evaluate["filename"].tolist()
+    assert (by_predict["scene_label"] == by_evaluate["scene_label"]).all()  # the same 16-bit network, the same argmax
