@@ -37,9 +37,15 @@ def device_of(filename: str) -> str:
     return fields[-1] if len(fields) >= 5 else ""
 
 
-def _read_tsv(path: Path) -> pd.DataFrame:
+def _read_tsv(path: Path, root: Path | None = None) -> pd.DataFrame:
     if not path.is_file():
-        raise FileNotFoundError(f"file list {path} does not exist (expected the TAU Urban Acoustic Scenes layout)")
+        hint = ""
+        if root is not None:
+            needed = [] if (root / "meta.csv").is_file() else ["tau2022-mobile-dev"]
+            needed += ["dcase2024-task1-splits"] if path.parent.name == "split_setup" else []
+            commands = " and ".join(f"python -m l2bn_lit.data download {name} --root {root}" for name in needed or ["tau2022-mobile-dev"])
+            hint = f"; get it with: {commands} (python -m l2bn_lit.data list names every data set)"
+        raise FileNotFoundError(f"file list {path} does not exist (expected the TAU Urban Acoustic Scenes layout){hint}")
     table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     table.columns = [c.strip() for c in table.columns]
     return table.apply(lambda column: column.str.strip())
@@ -59,7 +65,7 @@ def read_file_list(root: str | Path, list_path: str, need_labels: bool) -> pd.Da
     """
     root = Path(root)
     path = root / list_path
-    table = _read_tsv(path)
+    table = _read_tsv(path, root)
     if "filename" not in table:
         raise ValueError(f"{path} has no 'filename' column (columns: {list(table.columns)})")
     wanted = ["scene_label", "identifier"] if need_labels else ["identifier"]

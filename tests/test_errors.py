@@ -80,3 +80,11 @@ def test_tools_name_the_bad_file(tmp_path):
     _short(_command("-m", "l2bn_lit", "evaluate", "--config", QUICKSTART, str(bad), "--out", str(tmp_path / "out")), 1, f"{bad}: ")
     _short(_command("cli.py", "test", "--config", QUICKSTART, "--ckpt_path", str(bad)), 1, f"{bad}: not a PyTorch checkpoint")
     _short(_command("-m", "l2bn_lit", "results", str(tmp_path / "empty")), 1, "no runs (config.yaml + metrics.csv)")
+
+
+def test_a_missing_data_set_names_the_command_that_gets_it(tmp_path):
+    missing = _command("cli.py", "fit", "--config", str(ROOT / "configs" / "dcase2024_task1_cpmobile.yaml"),
+                       "--data.init_args.root", str(tmp_path / "tau"))
+    _short(missing, 1, "split_setup/split25.csv does not exist")
+    assert (f"get it with: python -m l2bn_lit.data download tau2022-mobile-dev --root {tmp_path / 'tau'} and "
+            f"python -m l2bn_lit.data download dcase2024-task1-splits --root {tmp_path / 'tau'}") in missing.stderr
