@@ -139,10 +139,10 @@ class TAUScenesDataModule(ClassificationDataModule):
             dcase2024-task1-splits]``) fetched into ``root`` when ``meta.csv`` or ``train_list`` is
             missing there, by the same code as that command (resumed, checksummed). Under DDP every
             process waits on one lock, so one downloads and the others find the data complete.
-        device_irs: a folder of device impulse responses (``*.wav``, e.g. MicIRP as the DCASE 2024/2025
-            baselines use): training clips of ``device_ir_devices`` are convolved with a random one
+        device_irs: a folder of device impulse responses (``*.wav``, e.g. MicIRP; a project option, in
+            neither DCASE 2024/2025 baseline): training clips of ``device_ir_devices`` are convolved with a random one
             with probability ``device_ir_p`` (off when None; not with ``feature_cache``).
-        device_ir_p, device_ir_devices: that probability and those devices (the baselines: 0.4, ``[a]``).
+        device_ir_p, device_ir_devices: that probability and those devices (default 0.4, ``[a]``).
         devices: train (and validate) on these recording devices' clips only, e.g. ``[a]`` to fine-tune
             a device-specific model (DCASE 2025); the test and predict lists are not filtered.
         class_names: the data set's scene labels, in class-index order. ``None``: the labels of

@@ -7,6 +7,7 @@ optimizer and schedule, metrics, the test report, checkpoint checks — lives he
 
 from __future__ import annotations
 
+import math
 from abc import abstractmethod
 from pathlib import Path
 from typing import Any, Literal
@@ -80,7 +81,9 @@ class ClassificationModule(pl.LightningModule):
         bias_weight_decay: weight decay of the other layers' biases (every other 1-D parameter);
             ``None`` applies ``weight_decay``.
         schedule: ``multistep`` (``milestones`` in epochs, ``gamma``; the ResNet-CIFAR recipe),
-            ``cosine`` (per step, after ``warmup_epochs`` of linear warm-up), ``cosine_restarts``
+            ``cosine`` (per step, after ``warmup_epochs`` of linear warm-up from 1% of ``lr``, or after
+            ``warmup_steps`` optimizer steps of linear warm-up from 0 with :class:`WarmupCosine`, the DCASE
+            2024/2025 baselines' schedule), ``cosine_restarts``
             (SGDR: first period ``restart_epochs``, each next one ``restart_mult`` times longer; the
             DCASE ResNet recipe), ``onecycle`` (``torch.optim.lr_scheduler.OneCycleLR`` to ``lr``, warming
             up over the first ``pct_start`` of the steps; with ``cycle_momentum`` SGD's momentum cycles
@@ -121,6 +124,7 @@ class ClassificationModule(pl.LightningModule):
         milestones: list[int] | None = None,
         gamma: float = 0.1,
         warmup_epochs: float = 0.0,
+        warmup_steps: int | None = None,
         restart_epochs: int = 2,
         restart_mult: int = 2,
         pct_start: float = 0.3,
@@ -327,6 +331,8 @@ class ClassificationModule(pl.LightningModule):
                 optimizer, T_0=hp.restart_epochs * steps_per_epoch, T_mult=hp.restart_mult
             )
             return {"scheduler": scheduler, "interval": "step"}
+        if hp.warmup_steps is not None:  # the DCASE 2024/2025 baselines' schedule
+            return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(hp.warmup_steps, total)), "interval": "step"}
         warmup = min(int(hp.warmup_epochs * steps_per_epoch), total - 1)
         cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
         if warmup == 0:
@@ -346,6 +352,21 @@ class ClassificationModule(pl.LightningModule):
                 f"model: {mismatches}. Build the model from the checkpoint's settings (drop the "
                 "conflicting options, or pass the config the checkpoint was trained with)."
             )
+
+
+class WarmupCosine:
+    """The learning-rate factor of ``transformers.get_cosine_schedule_with_warmup`` (the DCASE 2024/2025
+    baselines' schedule): ``step / warmup`` during the warm-up (from 0), then a cosine from 1 to 0 over
+    the remaining steps. A plain object, so LambdaLR saves its state (two ints) in checkpoints."""
+
+    def __init__(self, warmup: int, total: int) -> None:
+        self.warmup, self.total = warmup, total
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return step / max(1, self.warmup)
+        progress = (step - self.warmup) / max(1, self.total - self.warmup)
+        return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 def architecture_mismatches(current: dict[str, Any], saved: dict[str, Any], keys: tuple[str, ...]) -> str:

@@ -34,6 +34,7 @@ __all__ = [
     "LogMelClassifier",
     "SpecAugment",
     "TimeRoll",
+    "WaveRoll",
     "build_audio_model",
 ]
 
@@ -43,7 +44,8 @@ class LogMel(nn.Module):
 
     Args:
         log: ``db`` (10 log10 of power, floored ``top_db`` below the clip's maximum) or ``log``
-            (natural log of power + 1e-6).
+            (natural log of power + ``log_floor``).
+        log_floor: added to the power before ``log`` (the DCASE 2024/2025 baselines: 1e-5).
         win_length: the STFT window (``None``: ``n_fft``; the DCASE 2024/2025 baselines use 3072 of 4096).
     """
 
@@ -58,8 +60,10 @@ class LogMel(nn.Module):
         log: Literal["db", "log"] = "db",
         top_db: float | None = 80.0,
         win_length: int | None = None,
+        log_floor: float = 1e-6,
     ) -> None:
         super().__init__()
+        self.log_floor = log_floor
         self.mel = torchaudio.transforms.MelSpectrogram(
             sample_rate=sample_rate, n_fft=n_fft, win_length=win_length, hop_length=hop_length, n_mels=n_mels,
             f_min=f_min, f_max=f_max, power=2.0,
@@ -70,23 +74,54 @@ class LogMel(nn.Module):
         with torch.autocast(wave.device.type, enabled=False):  # the STFT and the log in float32
             power = self.mel(wave.float()).unsqueeze(1)
             # 4-D input: AmplitudeToDB floors each clip at its own maximum (3-D: the batch's maximum)
-            return self.to_db(power) if self.to_db is not None else torch.log(power + 1e-6)
+            return self.to_db(power) if self.to_db is not None else torch.log(power + self.log_floor)
 
 
 class SpecAugment(nn.Module):
-    """torchaudio frequency and time masking on ``(N, 1, n_mels, frames)``, in training only."""
+    """torchaudio frequency and time masking on ``(N, 1, n_mels, frames)``, in training only:
+    ``masks`` masks of each kind, the masked bins set to ``mask_value`` (0.0; the log floor
+    ``log(floor)`` is what masking the power spectrogram before the log gives, as the DCASE
+    2024/2025 baselines do)."""
 
-    def __init__(self, freq_mask: int = 0, time_mask: int = 0, masks: int = 2) -> None:
+    def __init__(self, freq_mask: int = 0, time_mask: int = 0, masks: int = 2, mask_value: float = 0.0) -> None:
         super().__init__()
         steps: list[nn.Module] = []
         for _ in range(masks if freq_mask else 0):
-            steps.append(torchaudio.transforms.FrequencyMasking(freq_mask, iid_masks=True))
+            steps.append(_Masking(torchaudio.transforms.FrequencyMasking(freq_mask, iid_masks=True), mask_value))
         for _ in range(masks if time_mask else 0):
-            steps.append(torchaudio.transforms.TimeMasking(time_mask, iid_masks=True))
+            steps.append(_Masking(torchaudio.transforms.TimeMasking(time_mask, iid_masks=True), mask_value))
         self.steps = nn.Sequential(*steps)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.steps(x) if self.training else x
+
+
+class _Masking(nn.Module):
+    """A torchaudio masking transform with its fill value (it takes it per call)."""
+
+    def __init__(self, masking: nn.Module, value: float) -> None:
+        super().__init__()
+        self.masking, self.value = masking, value
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.masking(x, mask_value=self.value)
+
+
+class WaveRoll(nn.Module):
+    """Rolls each training waveform ``(N, samples)`` circularly by a uniform integer shift in
+    ``[-max_shift, max_shift]`` samples (the DCASE 2024/2025 baselines: 0.1 s); identity otherwise
+    and for log-mel inputs."""
+
+    def __init__(self, max_shift: int) -> None:
+        super().__init__()
+        self.max_shift = max_shift
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not self.training or self.max_shift <= 0 or x.dim() != 2:
+            return x
+        shifts = torch.randint(-self.max_shift, self.max_shift + 1, (x.shape[0], 1), device=x.device)
+        index = (torch.arange(x.shape[-1], device=x.device) - shifts) % x.shape[-1]
+        return torch.gather(x, -1, index)
 
 
 class TimeRoll(nn.Module):
@@ -129,13 +164,14 @@ class LogMelClassifier(nn.Module):
     ``(N, num_classes)`` logits. ``augment`` (time roll, SpecAugment, Freq-MixStyle) acts on the
     log-mel, so both inputs are treated alike."""
 
-    def __init__(self, frontend: LogMel, augment: nn.Module, cnn: nn.Module) -> None:
+    def __init__(self, frontend: LogMel, augment: nn.Module, cnn: nn.Module, wave_augment: nn.Module | None = None) -> None:
         super().__init__()
         self.frontend, self.augment, self.cnn = frontend, augment, cnn
+        self.wave_augment = wave_augment if wave_augment is not None else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
         if x.dim() == 2:
-            x = self.frontend(x)
+            x = self.frontend(self.wave_augment(x))
         elif x.dim() != 4 or x.shape[1] != 1 or x.shape[2] != self.frontend.mel.n_mels:
             raise ValueError(
                 f"expected waveforms (N, samples) or log-mels (N, 1, {self.frontend.mel.n_mels}, frames), got {tuple(x.shape)}"

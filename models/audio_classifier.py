@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any, Literal
 
@@ -11,12 +12,12 @@ from torch import Tensor, nn
 from l2bn_lit.dcase import dcase_report, write_submission
 from l2bn_lit.module import ClassificationModule, run_folder
 
-from .audio import FreqMixStyle, LogMel, LogMelClassifier, SpecAugment, TimeRoll, build_audio_model
+from .audio import FreqMixStyle, LogMel, LogMelClassifier, SpecAugment, TimeRoll, WaveRoll, build_audio_model
 
 __all__ = ["AudioSceneClassifier"]
 
 #: the log-mel front-end's options
-FRONTEND_KEYS = ("n_fft", "hop_length", "n_mels", "f_min", "f_max", "log", "top_db", "win_length")
+FRONTEND_KEYS = ("n_fft", "hop_length", "n_mels", "f_min", "f_max", "log", "top_db", "win_length", "log_floor")
 
 
 #: inference precisions by name (``l2bn evaluate --precision``, ``predict_precision``)
@@ -41,7 +42,13 @@ class AudioSceneClassifier(ClassificationModule):
             ``{"expansion_rate": 2.0}`` (part of the architecture: checked against checkpoints).
         n_fft, hop_length, n_mels, f_min, f_max, log, top_db, win_length: the log-mel front-end (:class:`LogMel`).
         freq_mask, time_mask: SpecAugment mask widths in bins/frames (0: off), training only.
-        time_roll: roll each training log-mel along time by a random number of frames.
+        log_floor: added to the mel power before ``log: log`` (the DCASE 2024/2025 baselines: 1e-5).
+        freq_masks: how many frequency (and time) masks SpecAugment applies (the baselines: one).
+        mask_value: ``zero`` fills masked bins with 0.0; ``floor`` with ``log(log_floor)``, which is what
+            masking the power spectrogram before the log gives (the baselines).
+        time_roll: roll each training log-mel along time by a random number of frames (up to the whole clip).
+        roll_seconds: roll each training waveform by a uniform shift of at most this many seconds before
+            the front-end (the baselines: 0.1); with the feature cache, the log-mel by as many frames.
         mixstyle_p, mixstyle_alpha: Freq-MixStyle probability per batch (0: off) and Beta parameter.
         predict_precision: the precision ``predict`` runs the network on the features at (``16``: as
             the DCASE baselines ship their models, ``model.half()``; see :meth:`set_inference_precision`).
@@ -65,9 +72,13 @@ class AudioSceneClassifier(ClassificationModule):
         log: Literal["db", "log"] = "db",
         top_db: float | None = 80.0,
         win_length: int | None = None,
+        log_floor: float = 1e-6,
         freq_mask: int = 0,
         time_mask: int = 0,
+        freq_masks: int = 2,
+        mask_value: Literal["zero", "floor"] = "zero",
         time_roll: bool = False,
+        roll_seconds: float | None = None,
         mixstyle_p: float = 0.0,
         mixstyle_alpha: float = 0.3,
         predict_precision: Literal["32", "16", "bf16"] = "16",
@@ -81,11 +92,17 @@ class AudioSceneClassifier(ClassificationModule):
 
     def build_network(self) -> nn.Module:
         hp = self.hparams
-        frontend = LogMel(hp.sample_rate, hp.n_fft, hp.hop_length, hp.n_mels, hp.f_min, hp.f_max, hp.log, hp.top_db, hp.win_length)
+        if hp.mask_value == "floor" and hp.log != "log":
+            raise ValueError("mask_value floor fills masks with log(log_floor): it needs log: log (not db)")
+        frontend = LogMel(hp.sample_rate, hp.n_fft, hp.hop_length, hp.n_mels, hp.f_min, hp.f_max, hp.log, hp.top_db, hp.win_length,
+                          hp.log_floor)
         cnn = build_audio_model(hp.arch, hp.num_classes, hp.norm, hp.norm_options, hp.arch_options)
         roll = [TimeRoll()] if hp.time_roll else []
-        augment = nn.Sequential(*roll, SpecAugment(hp.freq_mask, hp.time_mask), FreqMixStyle(hp.mixstyle_p, hp.mixstyle_alpha))
-        return LogMelClassifier(frontend, augment, cnn)
+        mask_value = math.log(hp.log_floor) if hp.mask_value == "floor" else 0.0
+        augment = nn.Sequential(*roll, SpecAugment(hp.freq_mask, hp.time_mask, hp.freq_masks, mask_value),
+                                FreqMixStyle(hp.mixstyle_p, hp.mixstyle_alpha))
+        wave = WaveRoll(round(hp.roll_seconds * hp.sample_rate)) if hp.roll_seconds else None
+        return LogMelClassifier(frontend, augment, cnn, wave)
 
     @property
     def frontend(self) -> LogMel:

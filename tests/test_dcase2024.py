@@ -3,6 +3,7 @@ the task config on a small data set in the TAU 2022 layout with the task's split
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
+import torchaudio
 from torch import nn
 
 from datamodules import TAUScenesDataModule, write_synthetic_tau
@@ -137,3 +139,65 @@ def test_init_from_starts_from_a_checkpoints_network(synthetic_root, tmp_path):
         assert torch.equal(value, trained[key]), key
     with pytest.raises(CheckpointMismatchError, match="init_from=.*norm"):
         AudioSceneClassifier(**{**hp, "norm": "bn" if hp["norm"] == "l2bn" else "l2bn", "init_from": ckpt})
+
+
+# --- the baselines' recipe (CPJKU dcase2024/2025_task1_baseline), each point against its formula ---
+
+
+def test_warmup_steps_follow_the_baselines_cosine_schedule_from_zero(tmp_path):
+    """transformers.get_cosine_schedule_with_warmup: lr x step/W for step < W, then lr x (1 + cos(pi p)) / 2."""
+    from test_module import _lrs, _model
+
+    lrs = _lrs(_model(lr=0.2, schedule="cosine", warmup_steps=5, optimizer="adamw"), tmp_path, epochs=2)
+    total = len(lrs)
+    expected = [0.2 * (s / 5 if s < 5 else 0.5 * (1 + math.cos(math.pi * (s - 5) / (total - 5)))) for s in range(total)]
+    assert lrs == pytest.approx(expected, abs=1e-12)
+    assert lrs[0] == 0.0
+
+
+def test_log_floor_and_masks_filled_with_it_as_masking_the_power_does():
+    from models.audio import LogMel, SpecAugment
+
+    wave = torch.randn(2, 16000)
+    frontend = LogMel(16000, n_fft=512, hop_length=256, n_mels=40, log="log", top_db=None, log_floor=1e-5)
+    power = frontend.mel(wave).unsqueeze(1)
+    torch.testing.assert_close(frontend(wave), torch.log(power + 1e-5))
+    mask = SpecAugment(freq_mask=8, masks=1, mask_value=math.log(1e-5)).train()
+    torch.manual_seed(0)
+    masked = mask(frontend(wave))
+    torch.manual_seed(0)  # the same mask on the power spectrogram, then the log: the baselines' order
+    from_power = torch.log(torchaudio.transforms.FrequencyMasking(8, iid_masks=True)(power) + 1e-5)
+    torch.testing.assert_close(masked, from_power)
+    assert (masked == math.log(1e-5)).any() and mask.eval()(frontend(wave)).equal(frontend(wave))
+
+
+def test_wave_roll_shifts_by_at_most_the_given_seconds():
+    from models.audio import WaveRoll
+
+    roll = WaveRoll(max_shift=3200).train()  # 0.1 s at 32 kHz
+    wave = torch.arange(32000.0).repeat(200, 1)
+    rolled = roll(wave)
+    shifts = (rolled[:, 0] - wave[:, 0]).remainder(32000).long()
+    shifts = torch.where(shifts > 16000, shifts - 32000, -shifts)  # rolled[0] = wave[-shift]
+    assert shifts.abs().max() <= 3200 and len(set(shifts.tolist())) > 50
+    torch.testing.assert_close(rolled.sort(1).values, wave)  # a circular roll: every sample kept
+    assert roll.eval()(wave).equal(wave)
+
+
+def test_the_task_config_is_the_baselines_recipe(tmp_path):
+    """Where the baseline is explicit, the config says the same (its width is narrower: docs/dcase.md)."""
+    import yaml
+
+    config = yaml.safe_load(Path(CONFIG).read_text())
+    model, data = config["model"]["init_args"], config["data"]["init_args"]
+    assert config["trainer"]["max_epochs"] == 150 and data["batch_size"] == 256 and data["sample_rate"] == 32000
+    assert (model["n_fft"], model["win_length"], model["hop_length"], model["n_mels"]) == (4096, 3072, 500, 256)
+    assert (model["log"], model["log_floor"], model["freq_mask"], model["freq_masks"], model["mask_value"]) == ("log", 1e-5, 48, 1, "floor")
+    assert model["roll_seconds"] == 0.1 and not model.get("time_roll", False)
+    assert (model["optimizer"], model["lr"], model["weight_decay"], model["warmup_steps"]) == ("adamw", 5e-3, 1e-4, 2000)
+    assert model["norm_weight_decay"] is None and model["bias_weight_decay"] is None  # AdamW on every parameter
+    assert (model["mixstyle_p"], model["mixstyle_alpha"]) == (0.4, 0.3)
+    finetune = yaml.safe_load((ROOT / "configs" / "dcase2025_task1_device_finetune.yaml").read_text())
+    assert finetune["trainer"]["max_epochs"] == 50
+    assert (finetune["model"]["init_args"]["lr"], finetune["model"]["init_args"]["warmup_steps"]) == (5e-4, 200)
+    assert finetune["model"]["init_args"]["mixstyle_p"] == 0.0
