@@ -132,6 +132,10 @@ class TAUScenesDataModule(ClassificationDataModule):
             2022-2025 releases, e.g. ``split25.csv`` subsets as ``train_list``).
         val_by: ``location`` holds out whole recording locations (``identifier``) for validation,
             so no location is in both; ``random`` splits clips.
+        val_list: validate on this list's clips instead, training on the whole training list: the DCASE
+            2024/2025 baselines' protocol is ``split_setup/test.csv`` (the test split) with
+            ``--trainer.check_val_every_n_epoch 10 --test_ckpt last`` (configs/dcase_baseline_protocol.yaml).
+            Choosing a checkpoint on the test split overstates its accuracy: test the last one.
         short_clips: ``error`` (default) or ``pad`` (zero-pad, with a warning counting them).
         synthesize_if_missing: write the small synthetic data set into ``root`` if it holds no
             ``meta.csv`` (the embedded default); a root holding a real data set is used as it is.
@@ -163,6 +167,7 @@ class TAUScenesDataModule(ClassificationDataModule):
         test_list: str = "evaluation_setup/fold1_evaluate.csv",
         predict_list: str = "evaluation_setup/fold1_test.csv",
         val_by: Literal["location", "random"] = "location",
+        val_list: str | None = None,
         short_clips: Literal["error", "pad"] = "error",
         synthesize_if_missing: bool = False,
         download: str | list[str] | None = None,
@@ -190,7 +195,7 @@ class TAUScenesDataModule(ClassificationDataModule):
         self.sample_rate, self.duration = sample_rate, duration
         self.samples = round(sample_rate * duration)
         self.train_list, self.test_list, self.predict_list = train_list, test_list, predict_list
-        self.val_by, self.short_clips = val_by, short_clips
+        self.val_by, self.short_clips, self.val_list = val_by, short_clips, val_list
         self.feature_cache = feature_cache
         if device_irs is not None and feature_cache is not None:
             raise ValueError("device_irs augments waveforms while training; the feature cache holds fixed log-mels: set one of them to null")
@@ -287,6 +292,8 @@ class TAUScenesDataModule(ClassificationDataModule):
             warnings.warn(f"{stereo} file(s) in {root / list_path} have several channels and are mixed down to mono", stacklevel=2)
 
     def split_indices(self, size: int) -> tuple[list[int], list[int]]:
+        if self.val_list is not None:  # validation comes from its own list: train on every clip
+            return list(range(size)), []
         if self.val_by == "random" or "identifier" not in self.train_table:
             return super().split_indices(size)
         locations = sorted(self.train_table["identifier"].unique())
@@ -339,7 +346,8 @@ class TAUScenesDataModule(ClassificationDataModule):
         if self.feature_cache is None:
             return
         stage = self.trainer.state.fn if self.trainer is not None else None
-        lists = {"fit": [self.train_list], "validate": [self.train_list], "test": [self.test_list]}
+        validation = self.train_list if self.val_list is None else self.val_list
+        lists = {"fit": sorted({self.train_list, validation}), "validate": [validation], "test": [self.test_list]}
         for list_path in lists.get(stage, [self.predict_list]):
             clips = self._list(list_path)
             path = self._cache_path(clips, list_path)
@@ -358,6 +366,16 @@ class TAUScenesDataModule(ClassificationDataModule):
             responses = load_impulse_responses(self.device_irs, self.sample_rate)
             random_crop.impulse_responses = (responses, self.device_ir_p, self.device_ir_devices)
         return random_crop, train, test
+
+    def setup(self, stage: str | None = None) -> None:
+        super().setup(stage)
+        if self.val_list is not None and self.val_set is None:
+            self.val_set = self._cached(self._list(self.val_list), self.val_list)
+
+    def val_dataloader(self):
+        if self.val_list is not None:
+            return self._loader(self.val_set, shuffle=False)
+        return super().val_dataloader()
 
     def predict_dataloader(self):
         self.predict_set = self._cached(self._list(self.predict_list), self.predict_list)

@@ -48,7 +48,7 @@ class AudioSceneClassifier(ClassificationModule):
             masking the power spectrogram before the log gives (the baselines).
         time_roll: roll each training log-mel along time by a random number of frames (up to the whole clip).
         roll_seconds: roll each training waveform by a uniform shift of at most this many seconds before
-            the front-end (the baselines: 0.1); with the feature cache, the log-mel by as many frames.
+            the front-end (the baselines: 0.1); waveform inputs only (the feature cache's log-mels are fixed).
         mixstyle_p, mixstyle_alpha: Freq-MixStyle probability per batch (0: off) and Beta parameter.
         predict_precision: the precision ``predict`` runs the network on the features at (``16``: as
             the DCASE baselines ship their models, ``model.half()``; see :meth:`set_inference_precision`).

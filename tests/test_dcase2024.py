@@ -201,3 +201,17 @@ def test_the_task_config_is_the_baselines_recipe(tmp_path):
     assert finetune["trainer"]["max_epochs"] == 50
     assert (finetune["model"]["init_args"]["lr"], finetune["model"]["init_args"]["warmup_steps"]) == (5e-4, 200)
     assert finetune["model"]["init_args"]["mixstyle_p"] == 0.0
+
+
+def test_the_baselines_validation_protocol_validates_on_its_list_and_trains_on_every_clip(tau2022, tmp_path):
+    protocol = str(ROOT / "configs" / "dcase_baseline_protocol.yaml")
+    cli = main(["fit", "--config", CONFIG, "--config", protocol, "--data.init_args.root", str(tau2022), "--data.init_args.batch_size", "8",
+                "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1", "--trainer.limit_train_batches", "2",
+                "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)])
+    data = cli.datamodule
+    train_list = pd.read_csv(tau2022 / "split_setup" / "split25.csv", sep="\t")
+    assert len(data.train_set) == len(train_list)  # nothing held out
+    assert data.val_set.files == pd.read_csv(tau2022 / "split_setup" / "test.csv", sep="\t")["filename"].tolist()
+    logged = pd.read_csv(Path(cli.trainer.log_dir) / "metrics.csv")
+    assert logged["val/acc"].notna().sum() == 1 and cli.config["fit"]["test_ckpt"] == "last"
+    assert "test/acc" in cli.trainer.callback_metrics  # the last epoch's weights were tested

@@ -16,7 +16,10 @@ from l2bn_lit.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 #: configs that only add to another (``--config BASE --config OVERLAY``), with their base
-OVERLAYS = {"dcase2025_task1_device_finetune.yaml": ROOT / "configs" / "dcase2024_task1_cpmobile.yaml"}
+OVERLAYS = {"dcase2025_task1_device_finetune.yaml": ROOT / "configs" / "dcase2024_task1_cpmobile.yaml",
+            "dcase_baseline_protocol.yaml": ROOT / "configs" / "dcase2024_task1_cpmobile.yaml"}
+#: what an overlay needs on the synthetic set (which has no split_setup/)
+OVERLAY_OPTIONS = {"dcase_baseline_protocol.yaml": ["--data.init_args.val_list", "evaluation_setup/fold1_evaluate.csv"]}
 
 
 def _write_image_folder(root: Path, classes=("cat", "dog", "ship"), per_class=(8, 3)) -> Path:
@@ -133,6 +136,6 @@ def test_every_config_parses_and_runs_one_step(config, cifar_root, tmp_path):
     configs = ["--config", str(base), "--config", str(config)] if base else ["--config", str(config)]
     args = ["fit", *configs, "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu",
             "--trainer.precision", "32", "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)]
-    cli = main(args + _data_overrides(base or config, cifar_root, folder_root))
+    cli = main(args + _data_overrides(base or config, cifar_root, folder_root) + OVERLAY_OPTIONS.get(config.name, []))
     assert cli.trainer.state.finished
     assert "test/acc" in cli.trainer.callback_metrics
