@@ -70,7 +70,8 @@ def test_cli_option_mistake_and_missing_data_are_short(tmp_path):
     _short(option, 2, 'Parser key "model"')
     assert "Option 'lrr' is not accepted" in option.stderr and "--trainer.accelerator" not in option.stderr  # no usage dump
     missing = _command("cli.py", "fit", "--config", str(ROOT / "configs" / "cifar10_resnet20.yaml"),
-                       "--data.init_args.root", str(tmp_path / "nowhere"), "--trainer.max_epochs", "1")
+                       "--data.init_args.root", str(tmp_path / "nowhere"), "--trainer.max_epochs", "1",
+                       "--trainer.default_root_dir", str(tmp_path / "runs"))  # the run folder, not the repository's runs/
     _short(missing, 1, "CIFAR-10 was not found")
 
 
