@@ -149,7 +149,7 @@ class ClassificationDataModule(pl.LightningDataModule):
         (a preemption), that epoch and the training batches of it already done."""
         state = {} if self._sampler_seed is None else {"sampler_seed": self._sampler_seed}
         trainer = self.trainer
-        if trainer is not None and trainer.training and trainer.num_training_batches != float("inf"):
+        if trainer is not None and trainer.state.fn == "fit" and trainer.num_training_batches != float("inf"):
             done = trainer.fit_loop.epoch_loop.batch_progress.current.completed
             if 0 < done < trainer.num_training_batches:
                 state.update(epoch=trainer.current_epoch, train_batches_done=done)

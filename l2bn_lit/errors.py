@@ -25,15 +25,15 @@ __all__ = ["run_main", "user_error_message", "tidy_parser_message", "debugging",
 DEBUG_VARIABLE = "L2BN_DEBUG"
 
 _PROJECT = tuple(str(Path(__file__).resolve().parents[1] / name) + os.sep for name in ("l2bn_lit", "datamodules", "models"))
-_INPUT_ERRORS = (ValueError, OSError, KeyError, RuntimeError, MisconfigurationException)
+_INPUT_ERRORS = (ValueError, OSError, RuntimeError, MisconfigurationException)
 
 
 def user_error_message(error: BaseException) -> str | None:
     """The message to show for ``error`` when it is a bad-input error of the project, else ``None``.
 
     That is the innermost exception of its chain (``__cause__``, else an unsuppressed ``__context__``)
-    that this project's own code raised as a ``ValueError``, ``OSError`` (``FileNotFoundError`` ...),
-    ``KeyError`` or ``RuntimeError``, or Lightning's ``MisconfigurationException``: a parser's wrapper
+    that this project's own code raised as a ``ValueError``, ``OSError`` (``FileNotFoundError`` ...) or
+    ``RuntimeError``, or Lightning's ``MisconfigurationException``: a parser's wrapper
     around it is skipped, and so is a library error the project's message was raised from."""
     found = None
     chain: BaseException | None = error
@@ -43,8 +43,7 @@ def user_error_message(error: BaseException) -> str | None:
         chain = _inner(chain)
     if found is None:
         return None
-    text = str(found.args[0]) if isinstance(found, KeyError) and found.args else str(found)
-    return text.strip() or type(found).__name__
+    return str(found).strip() or type(found).__name__
 
 
 def _inner(error: BaseException) -> BaseException | None:
