@@ -47,6 +47,18 @@ def _meta_labels(meta: Path) -> list[str]:
     return sorted(set(table["scene_label"].str.strip()) - {""}) if "scene_label" in table else []
 
 
+def _given_label_set(class_names: list[str] | None, root: str | Path) -> tuple[list[str], str] | None:
+    """The label set the options or the data set's ``meta.csv`` give, with where it comes from;
+    ``None`` when neither gives one."""
+    if class_names is not None:
+        if len(set(class_names)) != len(class_names):
+            raise ValueError(f"class_names has duplicates: {class_names}")
+        return list(class_names), "the class_names option"
+    meta = Path(root) / "meta.csv"
+    labels = _meta_labels(meta) if meta.is_file() else []
+    return (labels, f"the labels of {meta}") if labels else None
+
+
 class AudioClipDataset(Dataset):
     """``(waveform, label)`` for each row of ``table``: waveform ``(samples,)`` float32 mono at
     ``sample_rate``, cropped (randomly when ``random_crop``) or zero-padded to ``samples``;
@@ -222,23 +234,15 @@ class TAUScenesDataModule(ClassificationDataModule):
         """The input shape follows from ``sample_rate`` and ``duration``; the label set is
         ``class_names``, else ``meta.csv``'s when the root has one, else the ten TAU scenes."""
         rate, duration = options.get("sample_rate", 44100), options.get("duration", 10.0)
-        names = options.get("class_names")
-        meta = Path(options.get("root", "")) / "meta.csv"
-        if names is None:
-            names = _meta_labels(meta) if meta.is_file() else None
-        names = list(names) if names else sorted(TAU_SCENES)
+        known = _given_label_set(options.get("class_names"), options.get("root", ""))
+        names = known[0] if known is not None else sorted(TAU_SCENES)
         return {"num_classes": len(names), "class_names": names, "input_shape": [round(rate * duration)], "sample_rate": rate}
 
     def _label_set(self, class_names: list[str] | None) -> tuple[list[str], str]:
         """The scene labels (class-index order) and where they come from (see ``class_names``)."""
-        if class_names is not None:
-            if len(set(class_names)) != len(class_names):
-                raise ValueError(f"class_names has duplicates: {class_names}")
-            return list(class_names), "the class_names option"
-        meta = Path(self.root) / "meta.csv"
-        labels = _meta_labels(meta) if meta.is_file() else []
-        if labels:
-            return labels, f"the labels of {meta}"
+        known = _given_label_set(class_names, self.root)
+        if known is not None:
+            return known
         return sorted(self.train_table["scene_label"].unique()), f"the labels of {Path(self.root) / self.train_list}"
 
     def _labels(self, table: pd.DataFrame, list_path: str) -> list[int]:

@@ -144,8 +144,7 @@ class TieBreakingCheckpoint(ModelCheckpoint):
 
     def save_last_now(self, trainer: pl.Trainer) -> str:
         """Writes ``last.ckpt`` with the trainer's current state (a preemption); returns its path."""
-        if self._last_saved_step != trainer.global_step:
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+        self._save_last_of_this_step(trainer)
         return self.last_model_path
 
     def state_dict(self) -> dict[str, Any]:

@@ -29,31 +29,21 @@ from torchinfo import summary
 from .module import run_folder
 from .nn.layers import _L2BNBase
 
-__all__ = ["ComplexityReport", "complexity_report", "limit_report", "torchinfo_macs", "l2bn_inference_values", "DCASE_LIMITS"]
+__all__ = ["ComplexityReport", "complexity_report", "limit_report", "count_network", "DCASE_LIMITS"]
 
 #: the DCASE 2024/2025 Task 1 limits (the task's complexity script): parameter memory in bytes at
 #: the precision the model ships in, and MACs per 1-s clip (feature extraction excluded)
 DCASE_LIMITS = {"parameter_memory_bytes": 128_000, "macs": 30_000_000}
 
 
-def torchinfo_macs(module: nn.Module, input_shape: list[int]) -> int:
-    """torchinfo's ``total_mult_adds`` of ``module`` for one input ``(1, *input_shape)``, in eval mode
-    (convolutions: weights x output positions, biases and other layers' parameters once per output
-    row; elementwise work, pooling and the FFT are not counted)."""
-    was_training = module.training
-    first = next(module.parameters())
-    module.eval()
-    try:
-        with torch.no_grad():  # zeros, not torchinfo's random input: counting must not move the RNG (a resumed run's)
-            zeros = torch.zeros(1, *input_shape, device=first.device, dtype=first.dtype)
-            stats = summary(module, input_data=[zeros], verbose=0, mode="eval")
-    finally:
-        module.train(was_training)
-    return int(stats.total_mult_adds)
+def count_network(module: nn.Module, input_shape: list[int]) -> tuple[int, int, int]:
+    """``(torchinfo MACs, L2BN layers, values entering them)`` of ``module`` for one input
+    ``(1, *input_shape)``, in one eval-mode pass.
 
-
-def l2bn_inference_values(module: nn.Module, input_shape: list[int]) -> tuple[int, int]:
-    """``(L2BN layers, values entering them)`` for one input: what the per-sample norms read."""
+    torchinfo's ``total_mult_adds``: convolutions count weights x output positions, biases and other
+    layers' parameters once per output row; elementwise work, pooling and the FFT are not counted.
+    The L2BN values are what the per-sample norms read. The input is zeros at the module's dtype,
+    not torchinfo's random one: counting must not move the RNG (a resumed run's)."""
     values: list[int] = []
     hooks = [m.register_forward_hook(lambda _m, args, _out: values.append(args[0][0].numel()))
              for m in module.modules() if isinstance(m, _L2BNBase)]
@@ -62,12 +52,13 @@ def l2bn_inference_values(module: nn.Module, input_shape: list[int]) -> tuple[in
     module.eval()
     try:
         with torch.no_grad():
-            module(torch.zeros(1, *input_shape, device=first.device, dtype=first.dtype))
+            zeros = torch.zeros(1, *input_shape, device=first.device, dtype=first.dtype)
+            stats = summary(module, input_data=[zeros], verbose=0, mode="eval")
     finally:
         module.train(was_training)
         for hook in hooks:
             hook.remove()
-    return len(values), sum(values)
+    return int(stats.total_mult_adds), len(values), sum(values)
 
 
 def complexity_report(model: nn.Module, input_shape: list[int], bits: int = 16) -> dict[str, int]:
@@ -91,14 +82,11 @@ def complexity_report(model: nn.Module, input_shape: list[int], bits: int = 16) 
         device = next(model.parameters()).device
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             features = frontend(torch.zeros(1, *input_shape, device=device))
-        shape = list(features.shape[1:])
-        report["macs_network"] = torchinfo_macs(network, shape)
+        report["macs_network"], layers, values = count_network(network, list(features.shape[1:]))
         report["macs_frontend"] = counter.get_total_flops() // 2
         report["macs"] = report["macs_network"] + report["macs_frontend"]
     else:
-        network, shape = model, input_shape
-        report["macs"] = torchinfo_macs(model, input_shape)
-    layers, values = l2bn_inference_values(network, shape)
+        report["macs"], layers, values = count_network(model, input_shape)
     if layers:
         report.update(l2bn_layers=layers, l2bn_values=values, l2bn_inference_macs=2 * values)
     report["macs_for_limits"] = report.get("macs_network", report["macs"]) + report.get("l2bn_inference_macs", 0)
