@@ -62,9 +62,7 @@ def with_l2bn_layer_sync(plugins: Any) -> list[Any]:
     Raises:
         ValueError: if another LayerSync plugin is present; two cannot both convert the norms.
     """
-    if plugins is None:
-        plugins = []
-    plugins = list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    plugins = _plugin_list(plugins)
     others = [type(p).__name__ for p in plugins if isinstance(p, LayerSync) and not isinstance(p, L2BNLayerSync)]
     if others:
         raise ValueError(
@@ -76,9 +74,14 @@ def with_l2bn_layer_sync(plugins: Any) -> list[Any]:
     return plugins
 
 
+def _plugin_list(plugins: Any) -> list[Any]:
+    """``--trainer.plugins`` as a list (it may be None, one plugin or several)."""
+    return [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+
+
 def with_atomic_checkpoint_io(plugins: Any) -> list[Any]:
     """Trainer ``plugins`` with :class:`AtomicCheckpointIO` added, unless a CheckpointIO is given."""
-    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    plugins = _plugin_list(plugins)
     if not any(isinstance(p, CheckpointIO) for p in plugins):
         plugins.append(AtomicCheckpointIO())
     return plugins
