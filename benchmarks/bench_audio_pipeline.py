@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from datamodules import write_synthetic_tau
 from datamodules.dcase import AudioClipDataset
 from datamodules.feature_cache import CachedFeatureDataset, build_feature_cache
-from models.audio import LogMel, build_audio_model
+from models.audio import build_audio_model
+from models.frontend import LogMel
 
 MEL = {"n_fft": 2048, "hop_length": 1024, "n_mels": 128}
 

@@ -28,6 +28,8 @@ import torchaudio.functional as AF
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from models.frontend import fit_length, read_audio
+
 from .base import ClassificationDataModule
 from .feature_cache import CachedFeatureDataset, build_feature_cache, feature_cache_path
 from .tau_check import TAU_SCENES, truncated_wavs
@@ -79,15 +81,7 @@ class AudioClipDataset(Dataset):
         return len(self.files)
 
     def load(self, index: int) -> Tensor:
-        path = self.root / self.files[index]
-        try:
-            data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-        except (sf.LibsndfileError, RuntimeError, OSError) as error:
-            raise RuntimeError(f"cannot read audio file {path}: {error}") from error
-        wave = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
-        if rate != self.sample_rate:
-            wave = AF.resample(wave, rate, self.sample_rate)
-        return wave
+        return read_audio(self.root / self.files[index], self.sample_rate)
 
     #: training only: ``(impulse responses, probability, devices)`` of the device IR augmentation
     impulse_responses: tuple[list[Tensor], float, frozenset[str]] | None = None
@@ -96,12 +90,8 @@ class AudioClipDataset(Dataset):
         wave = self.load(index)
         if self.impulse_responses is not None:
             wave = self._convolve_device_ir(index, wave)
-        if len(wave) < self.samples:
-            wave = torch.nn.functional.pad(wave, (0, self.samples - len(wave)))
-        elif len(wave) > self.samples:
-            start = int(torch.randint(0, len(wave) - self.samples + 1, ())) if self.random_crop else 0
-            wave = wave[start : start + self.samples]
-        return wave, self.labels[index]
+        start = int(torch.randint(0, len(wave) - self.samples + 1, ())) if self.random_crop and len(wave) > self.samples else 0
+        return fit_length(wave, self.samples, start), self.labels[index]
 
     def _convolve_device_ir(self, index: int, wave: Tensor) -> Tensor:
         """With probability ``p``, for clips of the chosen devices: ``wave`` convolved with a random
@@ -125,10 +115,7 @@ def load_impulse_responses(folder: str | Path, sample_rate: int) -> list[Tensor]
         raise FileNotFoundError(f"device_irs={folder}: no .wav impulse responses found there")
     responses = []
     for path in paths:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-        response = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))
-        if rate != sample_rate:
-            response = AF.resample(response, rate, sample_rate)
+        response = read_audio(path, sample_rate)
         responses.append(response / response.abs().max().clamp_min(1e-12))
     return responses
 

@@ -36,6 +36,8 @@ from pytorch_lightning.utilities import grad_norm
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _NormBase
 
+from models.heads import classifier_of
+
 from .module import run_folder
 
 __all__ = [
@@ -44,7 +46,6 @@ __all__ = [
     "FeatureNormMonitor",
     "GradientNormMonitor",
     "PenultimateGeometry",
-    "classifier_of",
     "coefficient_of_variation",
     "analysis_summary",
     "compare_runs",
@@ -84,24 +85,6 @@ def feature_geometry(features: Tensor, labels: Tensor) -> dict[str, float]:
     counts = torch.stack([(labels == c).sum() for c in classes]).double()
     between = (counts * (centroids - features.mean(0)).pow(2).sum(1)).sum() / len(features)
     return {"intra_cos": float(intra), "inter_angle": float(inter), "scatter_ratio": float(within / between)}
-
-
-def classifier_of(network: nn.Module) -> nn.Module:
-    """The classification layer, whose input is the penultimate feature: ``get_classifier()`` (timm's
-    API, and this project's audio models), else ``fc`` (torchvision ResNets, the CIFAR models), else the
-    last ``nn.Linear`` of ``classifier`` (torchvision VGG, MobileNet, EfficientNet)."""
-    if hasattr(network, "get_classifier"):
-        return network.get_classifier()
-    if isinstance(getattr(network, "fc", None), nn.Module):
-        return network.fc
-    classifier = getattr(network, "classifier", None)
-    if isinstance(classifier, nn.Module):
-        linears = [m for m in classifier.modules() if isinstance(m, nn.Linear)]
-        return linears[-1] if linears else classifier
-    raise ValueError(
-        f"cannot tell the classifier layer of {type(network).__name__}: give PenultimateGeometry's "
-        "'layer' option the name of the module whose input is the penultimate feature (e.g. network.head.3)"
-    )
 
 
 class _HistoryCallback(pl.Callback):
@@ -256,7 +239,7 @@ class PenultimateGeometry(_HistoryCallback):
 
     Args:
         layer: name (as in ``named_modules()`` of the LightningModule) of the classifier layer;
-            None finds it with :func:`classifier_of` on ``pl_module.network``.
+            None finds it with :func:`models.heads.classifier_of` on ``pl_module.network``.
 
     Logs ``geometry/intra_cos``, ``geometry/inter_angle`` and ``geometry/scatter_ratio``.
     """

@@ -1,25 +1,21 @@
-"""Acoustic scene classification: a log-mel front-end and log-mel CNNs with the norm switch.
-
-The front-end runs on the model's device (torchaudio): waveform ``(N, samples)`` ->
-log-mel ``(N, 1, n_mels, frames)``. The paper's setup is 44.1 kHz, ``n_fft=2048``,
-``hop_length=1024``, 128 mel bins: 431 frames per 10-s clip.
-"""
+"""Acoustic scene classification networks: log-mel CNNs with the norm switch, by name, and the
+classifier that puts the front-end (:mod:`models.frontend`) and the augmentations
+(:mod:`models.audio_augment`) before one of them."""
 
 from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
-from typing import Literal
 
 import torch
-import torchaudio
 from torch import Tensor, nn
 
-from l2bn_lit import get_norm_layer
-from l2bn_lit.analysis import classifier_of
+from l2bn_lit.nn import get_norm_layer
 
 from .cifar_resnet import NormLayer
 from .cp_mobile import CPMobile
+from .frontend import LogMel
+from .heads import classifier_of
 from .small_cnn import SmallCNN
 
 __all__ = [
@@ -29,133 +25,9 @@ __all__ = [
     "FCNN",
     "FrequencySplitResNet",
     "FrequencySubsampledFCNN",
-    "FreqMixStyle",
-    "LogMel",
     "LogMelClassifier",
-    "SpecAugment",
-    "TimeRoll",
-    "WaveRoll",
     "build_audio_model",
 ]
-
-
-class LogMel(nn.Module):
-    """Waveform ``(N, samples)`` -> log-mel ``(N, 1, n_mels, frames)`` (``frames = 1 + samples // hop_length``).
-
-    Args:
-        log: ``db`` (10 log10 of power, floored ``top_db`` below the clip's maximum) or ``log``
-            (natural log of power + ``log_floor``).
-        log_floor: added to the power before ``log`` (the DCASE 2024/2025 baselines: 1e-5).
-        win_length: the STFT window (``None``: ``n_fft``; the DCASE 2024/2025 baselines use 3072 of 4096).
-    """
-
-    def __init__(
-        self,
-        sample_rate: int,
-        n_fft: int = 2048,
-        hop_length: int = 1024,
-        n_mels: int = 128,
-        f_min: float = 0.0,
-        f_max: float | None = None,
-        log: Literal["db", "log"] = "db",
-        top_db: float | None = 80.0,
-        win_length: int | None = None,
-        log_floor: float = 1e-6,
-    ) -> None:
-        super().__init__()
-        self.log_floor = log_floor
-        self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=sample_rate, n_fft=n_fft, win_length=win_length, hop_length=hop_length, n_mels=n_mels,
-            f_min=f_min, f_max=f_max, power=2.0,
-        )
-        self.to_db = torchaudio.transforms.AmplitudeToDB("power", top_db=top_db) if log == "db" else None
-
-    def forward(self, wave: Tensor) -> Tensor:
-        with torch.autocast(wave.device.type, enabled=False):  # the STFT and the log in float32
-            power = self.mel(wave.float()).unsqueeze(1)
-            # 4-D input: AmplitudeToDB floors each clip at its own maximum (3-D: the batch's maximum)
-            return self.to_db(power) if self.to_db is not None else torch.log(power + self.log_floor)
-
-
-class SpecAugment(nn.Module):
-    """torchaudio frequency and time masking on ``(N, 1, n_mels, frames)``, in training only:
-    ``masks`` masks of each kind, the masked bins set to ``mask_value`` (0.0; the log floor
-    ``log(floor)`` is what masking the power spectrogram before the log gives, as the DCASE
-    2024/2025 baselines do)."""
-
-    def __init__(self, freq_mask: int = 0, time_mask: int = 0, masks: int = 2, mask_value: float = 0.0) -> None:
-        super().__init__()
-        steps: list[nn.Module] = []
-        for _ in range(masks if freq_mask else 0):
-            steps.append(_Masking(torchaudio.transforms.FrequencyMasking(freq_mask, iid_masks=True), mask_value))
-        for _ in range(masks if time_mask else 0):
-            steps.append(_Masking(torchaudio.transforms.TimeMasking(time_mask, iid_masks=True), mask_value))
-        self.steps = nn.Sequential(*steps)
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.steps(x) if self.training else x
-
-
-class _Masking(nn.Module):
-    """A torchaudio masking transform with its fill value (it takes it per call)."""
-
-    def __init__(self, masking: nn.Module, value: float) -> None:
-        super().__init__()
-        self.masking, self.value = masking, value
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.masking(x, mask_value=self.value)
-
-
-class WaveRoll(nn.Module):
-    """Rolls each training waveform ``(N, samples)`` circularly by a uniform integer shift in
-    ``[-max_shift, max_shift]`` samples (the DCASE 2024/2025 baselines: 0.1 s); identity otherwise
-    and for log-mel inputs."""
-
-    def __init__(self, max_shift: int) -> None:
-        super().__init__()
-        self.max_shift = max_shift
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.max_shift <= 0 or x.dim() != 2:
-            return x
-        shifts = torch.randint(-self.max_shift, self.max_shift + 1, (x.shape[0], 1), device=x.device)
-        index = (torch.arange(x.shape[-1], device=x.device) - shifts) % x.shape[-1]
-        return torch.gather(x, -1, index)
-
-
-class TimeRoll(nn.Module):
-    """Rolls each sample circularly along its last (time) axis by a random offset, in training
-    only: waveforms ``(N, samples)`` or log-mels ``(N, 1, n_mels, frames)``."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training:
-            return x
-        length = x.shape[-1]
-        shifts = torch.randint(0, length, (x.shape[0], *[1] * (x.dim() - 1)), device=x.device)
-        index = (torch.arange(length, device=x.device) - shifts) % length
-        return torch.gather(x, -1, index.expand_as(x))
-
-
-class FreqMixStyle(nn.Module):
-    """Freq-MixStyle (Schmid et al., DCASE 2022): with probability ``p`` per batch, the log-mel's
-    per-(sample, frequency) mean and std over channels and time are replaced by a Beta(alpha, alpha)
-    mix with those of another sample of the batch, in training only. ``(N, C, F, T)`` -> same."""
-
-    def __init__(self, p: float = 0.0, alpha: float = 0.3, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.p, self.alpha, self.eps = p, alpha, eps
-
-    def forward(self, x: Tensor) -> Tensor:
-        if not self.training or self.p == 0 or torch.rand(()) > self.p:
-            return x
-        mean = x.mean(dim=(1, 3), keepdim=True).detach()
-        std = (x.var(dim=(1, 3), keepdim=True) + self.eps).sqrt().detach()
-        lam = torch.distributions.Beta(self.alpha, self.alpha).sample((x.shape[0], 1, 1, 1)).to(x.device)
-        perm = torch.randperm(x.shape[0], device=x.device)
-        mixed_mean = lam * mean + (1 - lam) * mean[perm]
-        mixed_std = lam * std + (1 - lam) * std[perm]
-        return (x - mean) / std * mixed_std + mixed_mean
 
 
 class LogMelClassifier(nn.Module):

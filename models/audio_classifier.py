@@ -12,7 +12,9 @@ from torch import Tensor, nn
 from l2bn_lit.dcase import dcase_report, write_submission
 from l2bn_lit.module import ClassificationModule, run_folder
 
-from .audio import FreqMixStyle, LogMel, LogMelClassifier, SpecAugment, TimeRoll, WaveRoll, build_audio_model
+from .audio import LogMelClassifier, build_audio_model
+from .audio_augment import FreqMixStyle, SpecAugment, TimeRoll, WaveRoll
+from .frontend import LogMel
 
 __all__ = ["AudioSceneClassifier"]
 

@@ -142,7 +142,7 @@ def test_geometry_needs_a_known_classifier_layer():
         def forward(self, x):
             return x
 
-    from l2bn_lit.analysis import classifier_of
+    from models.heads import classifier_of
 
     with pytest.raises(ValueError, match="'layer' option"):
         classifier_of(Headless())

@@ -15,7 +15,8 @@ from l2bn_lit import L2BN2d
 from l2bn_lit.cli import main
 from l2bn_lit.module import CheckpointMismatchError
 from models import AudioSceneClassifier
-from models.audio import LogMel, SpecAugment
+from models.audio_augment import SpecAugment
+from models.frontend import LogMel
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART_DCASE = str(ROOT / "configs" / "quickstart_dcase.yaml")
@@ -149,7 +150,7 @@ def test_channel_attention_by_hand():
 
 
 def test_time_roll_rotates_each_clip_in_training_only():
-    from models.audio import TimeRoll
+    from models.audio_augment import TimeRoll
 
     roll = TimeRoll()
     wave = torch.arange(20.0).repeat(3, 1)
@@ -167,7 +168,7 @@ def test_time_roll_rotates_each_clip_in_training_only():
 
 
 def test_freq_mixstyle_mixes_statistics_between_samples():
-    from models.audio import FreqMixStyle
+    from models.audio_augment import FreqMixStyle
 
     mix = FreqMixStyle(p=1.0, alpha=0.3)
     x = torch.randn(2, 1, 6, 50)

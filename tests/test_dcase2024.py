@@ -156,7 +156,8 @@ def test_warmup_steps_follow_the_baselines_cosine_schedule_from_zero(tmp_path):
 
 
 def test_log_floor_and_masks_filled_with_it_as_masking_the_power_does():
-    from models.audio import LogMel, SpecAugment
+    from models.audio_augment import SpecAugment
+    from models.frontend import LogMel
 
     wave = torch.randn(2, 16000)
     frontend = LogMel(16000, n_fft=512, hop_length=256, n_mels=40, log="log", top_db=None, log_floor=1e-5)
@@ -172,7 +173,7 @@ def test_log_floor_and_masks_filled_with_it_as_masking_the_power_does():
 
 
 def test_wave_roll_shifts_by_at_most_the_given_seconds():
-    from models.audio import WaveRoll
+    from models.audio_augment import WaveRoll
 
     roll = WaveRoll(max_shift=3200).train()  # 0.1 s at 32 kHz
     wave = torch.arange(32000.0).repeat(200, 1)

@@ -63,7 +63,7 @@ def test_ensemble_row_is_the_mean_of_the_models_probabilities(runs, synthetic_ro
 
     calls = []
     monkeypatch.setattr(module, "evaluate_checkpoints", spy)
-    from models.audio import LogMel
+    from models.frontend import LogMel
 
     original = LogMel.forward
     monkeypatch.setattr(LogMel, "forward", lambda self, wave: calls.append(len(wave)) or original(self, wave))

@@ -181,7 +181,7 @@ def test_quickstart_fits_on_cuda(precision, tmp_path):
 
 
 def test_audio_front_end_on_cuda_matches_cpu():
-    from models.audio import LogMel
+    from models.frontend import LogMel
 
     frontend = LogMel(16000, n_fft=512, hop_length=256, n_mels=40)
     wave = torch.randn(3, 16000, generator=torch.Generator().manual_seed(0))
