@@ -7,6 +7,7 @@
     l2bn complexity --config configs/<x>.yaml [--bits 16] [...]    parameters, MACs and the DCASE limits of a config's model
     l2bn data list|download|check [...]                            get and check DCASE data (l2bn_lit.data)
     l2bn evaluate --config ... CKPT|FOLDER [...]                   many checkpoints in one pass: leaderboard + ensemble
+    l2bn package CKPT [--device-model a=CKPT ...] --name L --index N --out DIR   the DCASE 2025 inference package
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import json
 import sys
 
 SUBCOMMANDS = ("fit", "validate", "test", "predict")
-TOOLS = ("sweep", "ablation", "results", "complexity", "data", "evaluate")
+TOOLS = ("sweep", "ablation", "results", "complexity", "data", "evaluate", "package")
 
 
 def complexity(argv: list[str]) -> dict[str, int]:
@@ -85,6 +86,10 @@ def _dispatch(argv: list[str]) -> None:
         from .evaluate import main as evaluate_main
 
         evaluate_main(rest)
+    elif command == "package":
+        from .package import main as package_main
+
+        package_main(rest)
     elif command == "data":
         from .data import main as data_main
 

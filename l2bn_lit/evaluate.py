@@ -46,7 +46,7 @@ from .complexity import complexity_report
 from .dcase import dcase_report, write_submission
 from .module import CheckpointMismatchError, ClassificationModule, architecture_mismatches
 
-__all__ = ["find_checkpoints", "evaluate_checkpoints", "main"]
+__all__ = ["find_checkpoints", "evaluate_checkpoints", "load_module", "main", "parse_device_model"]
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def find_checkpoints(paths: list[str]) -> list[Path]:
     return found
 
 
-def _load(path: Path, data_settings: dict[str, Any], default: type[ClassificationModule]) -> ClassificationModule:
+def load_module(path: Path, data_settings: dict[str, Any], default: type[ClassificationModule]) -> ClassificationModule:
     """The checkpoint's model, built from the checkpoint's own settings; its class as the CLI saved it
     (the hyperparameters' ``_class_path``, or the run's ``config.yaml``), else ``default``."""
     saved = load_checkpoint(path)["hyper_parameters"]
@@ -155,9 +155,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     loader = {"test": data.test_dataloader, "val": data.val_dataloader, "predict": data.predict_dataloader}[own.split]()
     data_settings = {key: getattr(data, key, None) for key in LINKED}
     paths = find_checkpoints(own.checkpoints)
-    routes = dict(_route(item) for item in own.device_model)
+    routes = dict(parse_device_model(item) for item in own.device_model)
     device = torch.device(own.device)
-    models = [_load(path, data_settings, type(cli.model)).to(device) for path in [*paths, *routes.values()]]
+    models = [load_module(path, data_settings, type(cli.model)).to(device) for path in [*paths, *routes.values()]]
     precision = _set_precision(models, own.precision)
 
     def transfer(batch: Any) -> Any:  # the device-resident image pipeline gathers its batch here
@@ -225,7 +225,7 @@ def _set_precision(models: list[ClassificationModule], precision: str) -> str:
     return precision
 
 
-def _route(item: str) -> tuple[str, Path]:
+def parse_device_model(item: str) -> tuple[str, Path]:
     device, sep, path = item.partition("=")
     if not sep or not device or not Path(path).is_file():
         raise ValueError(f"--device-model {item!r}: give DEVICE=CHECKPOINT with an existing checkpoint, e.g. a=runs/a/best.ckpt")

@@ -1,9 +1,11 @@
-"""Shared fixtures: the synthetic TAU acoustic-scene set (16 kHz, 1-s clips)."""
+"""Shared fixtures: the synthetic TAU acoustic-scene set (16 kHz, 1-s clips) and two short runs on it."""
 
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from datamodules import write_synthetic_tau
@@ -22,3 +24,20 @@ def synthetic_root(tmp_path_factory):
 def root(synthetic_root, tmp_path):
     """A private copy of the synthetic set to damage."""
     return shutil.copytree(synthetic_root, tmp_path / "data")
+
+
+@pytest.fixture(scope="session")
+def dcase_runs(tmp_path_factory, synthetic_root):
+    """Two short runs (BN, L2BN) of ``configs/quickstart_dcase.yaml`` on the synthetic scenes, and
+    each one's ``test`` summary: ``(folder with bn/ and l2bn/, {norm: summary})``."""
+    from l2bn_lit.cli import main
+
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart_dcase.yaml")
+    folder = tmp_path_factory.mktemp("runs")
+    summaries = {}
+    for norm in ("bn", "l2bn"):
+        main(["fit", "--config", config, "--data.init_args.root", str(synthetic_root), "--model.init_args.norm", norm,
+              "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(folder / norm)])
+        run = folder / norm / "csv" / "version_0"
+        summaries[norm] = pd.read_csv(run / "dcase_summary.csv").set_index("metric")["value"]
+    return folder, summaries

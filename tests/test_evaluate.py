@@ -12,27 +12,14 @@ from l2bn_lit.cli import main
 from l2bn_lit.evaluate import find_checkpoints
 from l2bn_lit.evaluate import main as evaluate
 from l2bn_lit.module import CheckpointMismatchError
+from tau_lists import write_2025_eval_list
 
 ROOT = Path(__file__).resolve().parents[1]
 DCASE = str(ROOT / "configs" / "quickstart_dcase.yaml")
-QUICK = ["--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false"]
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory, synthetic_root):
-    """Two short runs (BN, L2BN) on the synthetic scenes and each one's ``test`` summary."""
-    folder = tmp_path_factory.mktemp("runs")
-    summaries = {}
-    for norm in ("bn", "l2bn"):
-        main(["fit", "--config", DCASE, "--data.init_args.root", str(synthetic_root), "--model.init_args.norm", norm,
-              *QUICK, "--trainer.default_root_dir", str(folder / norm)])
-        run = folder / norm / "csv" / "version_0"
-        summaries[norm] = pd.read_csv(run / "dcase_summary.csv").set_index("metric")["value"]
-    return folder, summaries
-
-
-def test_leaderboard_rows_equal_separate_test_runs_and_the_ensemble_is_the_mean(runs, synthetic_root, tmp_path):
-    folder, summaries = runs
+def test_leaderboard_rows_equal_separate_test_runs_and_the_ensemble_is_the_mean(dcase_runs, synthetic_root, tmp_path):
+    folder, summaries = dcase_runs
     table = evaluate(["--config", DCASE, "--data.init_args.root", str(synthetic_root), str(folder / "bn"), str(folder / "l2bn"),
                       "--out", str(tmp_path / "board"), "--precision", "32"])  # as the test runs
     assert list(table["norm"]) == ["bn", "l2bn", "-"]
@@ -49,10 +36,10 @@ def test_leaderboard_rows_equal_separate_test_runs_and_the_ensemble_is_the_mean(
     assert written.shape == table.shape and (tmp_path / "board" / "leaderboard.md").read_text().count("\n|") == 5  # header, rule, 3 rows
 
 
-def test_ensemble_row_is_the_mean_of_the_models_probabilities(runs, synthetic_root, tmp_path, monkeypatch):
+def test_ensemble_row_is_the_mean_of_the_models_probabilities(dcase_runs, synthetic_root, tmp_path, monkeypatch):
     import l2bn_lit.evaluate as module
 
-    folder, _ = runs
+    folder, _ = dcase_runs
     captured = {}
     real = module.evaluate_checkpoints
 
@@ -75,18 +62,18 @@ def test_ensemble_row_is_the_mean_of_the_models_probabilities(runs, synthetic_ro
     assert captured["frontend_clips"] == len(labels)  # both models share one front-end: each log-mel computed once
 
 
-def test_checkpoints_that_do_not_fit_the_data_are_refused(runs, tmp_path):
-    folder, _ = runs
+def test_checkpoints_that_do_not_fit_the_data_are_refused(dcase_runs, tmp_path):
+    folder, _ = dcase_runs
     with pytest.raises(CheckpointMismatchError, match=r"does not fit the data: num_classes: data=10 checkpoint=5.*class_names"):
         evaluate(["--config", str(ROOT / "configs" / "quickstart.yaml"), str(folder / "bn"), "--out", str(tmp_path)])
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         find_checkpoints([str(tmp_path / "nothing")])
 
 
-def test_device_specific_models_route_their_devices_clips(runs, synthetic_root, tmp_path, monkeypatch):
+def test_device_specific_models_route_their_devices_clips(dcase_runs, synthetic_root, tmp_path, monkeypatch):
     import l2bn_lit.evaluate as module
 
-    folder, _ = runs
+    folder, _ = dcase_runs
     captured = {}
     real = module.evaluate_checkpoints
 
@@ -110,8 +97,8 @@ def test_device_specific_models_route_their_devices_clips(runs, synthetic_root, 
         evaluate(["--config", DCASE, "--data.init_args.root", str(synthetic_root), str(general), "--device-model", "a"])
 
 
-def test_predict_writes_the_challenge_output_file(runs, synthetic_root, tmp_path):
-    folder, _ = runs
+def test_predict_writes_the_challenge_output_file(dcase_runs, synthetic_root, tmp_path):
+    folder, _ = dcase_runs
     evaluate(["--config", DCASE, "--data.init_args.root", str(synthetic_root), str(folder), "--split", "predict", "--out", str(tmp_path)])
     output = pd.read_csv(tmp_path / "output.csv", sep="\t")
     listed = pd.read_csv(synthetic_root / "evaluation_setup" / "fold1_test.csv", sep="\t")["filename"]
@@ -122,24 +109,10 @@ def test_predict_writes_the_challenge_output_file(runs, synthetic_root, tmp_path
     assert (output["scene_label"] == output.columns[2:][probs.argmax(1)]).all()
 
 
-def _eval_2025(root: Path, with_devices: bool) -> str:
-    """A DCASE 2025-style evaluation list: anonymous file names, the device in a ``device_id`` column."""
-    listed = pd.read_csv(root / "evaluation_setup" / "fold1_evaluate.csv", sep="\t")
-    rows = []
-    for index, name in enumerate(listed["filename"]):
-        anonymous = f"audio/eval_{index}.wav"
-        (root / anonymous).write_bytes((root / name).read_bytes())
-        rows.append({"filename": anonymous, "device_id": name.rsplit("-", 1)[-1].removesuffix(".wav")})
-    table = pd.DataFrame(rows if with_devices else [{"filename": r["filename"]} for r in rows])
-    path = f"evaluation_setup/eval_2025_{'devices' if with_devices else 'bare'}.csv"
-    table.to_csv(root / path, sep="\t", index=False)
-    return path
-
-
-def test_device_ids_of_a_2025_evaluation_list_route_the_clips_and_a_missing_one_is_an_error(runs, root, tmp_path):
-    folder, _ = runs
+def test_device_ids_of_a_2025_evaluation_list_route_the_clips_and_a_missing_one_is_an_error(dcase_runs, root, tmp_path):
+    folder, _ = dcase_runs
     general, device_a = find_checkpoints([str(folder / "bn")])[0], find_checkpoints([str(folder / "l2bn")])[0]
-    listed = _eval_2025(root, with_devices=True)
+    listed = write_2025_eval_list(root, with_devices=True)
     common = ["--config", DCASE, "--data.init_args.root", str(root), "--data.init_args.predict_list", listed, "--split", "predict"]
 
     def output(*checkpoints: str, out: str) -> pd.DataFrame:
@@ -154,20 +127,20 @@ def test_device_ids_of_a_2025_evaluation_list_route_the_clips_and_a_missing_one_
     np.testing.assert_allclose(routed.loc[is_a, columns], alone["l2bn"].loc[is_a, columns], atol=1e-6)
     np.testing.assert_allclose(routed.loc[~is_a, columns], alone["bn"].loc[~is_a, columns], atol=1e-6)
 
-    bare = _eval_2025(root, with_devices=False)  # no device column, and the names carry none
+    bare = write_2025_eval_list(root, with_devices=False)  # no device column, and the names carry none
     with pytest.raises(ValueError, match=r"--device-model: \d+ clip\(s\) of the list have no recording device, e.g. audio/eval_0.wav"):
         evaluate([*common[:-4], "--data.init_args.predict_list", bare, "--split", "predict", str(general),
                   "--device-model", f"a={device_a}", "--out", str(tmp_path / "bare")])
 
 
-def test_audio_models_are_evaluated_at_16_bit_as_they_ship(runs, synthetic_root, tmp_path, monkeypatch):
+def test_audio_models_are_evaluated_at_16_bit_as_they_ship(dcase_runs, synthetic_root, tmp_path, monkeypatch):
     """By default the network on the features runs in float16 (the baselines' model.half()): the
     leaderboard's probabilities are those of the half-precision network, its memory 2 bytes per parameter."""
     import torch
 
     import l2bn_lit.evaluate as module
 
-    folder, _ = runs
+    folder, _ = dcase_runs
     captured = {}
     real = module.evaluate_checkpoints
 
@@ -190,10 +163,10 @@ def test_audio_models_are_evaluated_at_16_bit_as_they_ship(runs, synthetic_root,
         module._set_precision([object()], "16")
 
 
-def test_predict_runs_the_network_at_16_bit(runs, synthetic_root, tmp_path):
+def test_predict_runs_the_network_at_16_bit(dcase_runs, synthetic_root, tmp_path):
     import torch
 
-    folder, _ = runs
+    folder, _ = dcase_runs
     ckpt = find_checkpoints([str(folder / "l2bn")])[0]
     cli = main(["predict", "--config", DCASE, "--data.init_args.root", str(synthetic_root), "--ckpt_path", str(ckpt),
                 "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])
