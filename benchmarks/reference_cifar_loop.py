@@ -2,7 +2,7 @@
 
 Trains this project's CIFAR ResNet (the model and the norm layer are shared, so only the training
 pipeline differs) the way a minimal script does: every image decoded once into one uint8 tensor,
-random crop (zero padding 4) and horizontal flip, per-channel normalization, SGD with Nesterov
+random crop (padding 4: black by default; ``--padding-mode``, ``--pad-fill mean``) and horizontal flip, per-channel normalization, SGD with Nesterov
 momentum and one-cycle, all training images, the last weights tested on the test split. Each
 choice the project's pipeline makes differently is a switch, so a gap between this loop and the
 ``l2bn ablation`` cell with the same settings points at what the switches do not cover.
@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.datasets import ImageFolder
 from torchvision.io import ImageReadMode, decode_image, read_file
+from torchvision.transforms import v2
 
 from l2bn_lit.nn import get_norm_layer
 from l2bn_lit.nn.init import initialize
@@ -48,10 +49,11 @@ def load_split(folder: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.tensor(dataset.targets)
 
 
-def augment(images: torch.Tensor, per_batch: bool, padding: int = 4) -> torch.Tensor:
-    """Random crop of the zero-padded images and a per-sample horizontal flip; ``(B, C, H, W)``."""
+def augment(images: torch.Tensor, per_batch: bool, padding: int = 4, padding_mode: str = "constant") -> torch.Tensor:
+    """Random crop of the padded images (torchvision's ``padding_mode``; ``constant`` pads with 0) and a
+    per-sample horizontal flip; ``(B, C, H, W)``, uint8 or normalized."""
     batch, _, height, width = images.shape
-    padded = F.pad(images, (padding,) * 4)
+    padded = v2.functional.pad(images, [padding], fill=0, padding_mode=padding_mode)
     offsets = torch.randint(0, 2 * padding + 1, (1 if per_batch else batch, 2)).tolist()
     if per_batch:
         top, left = offsets[0]
@@ -60,6 +62,15 @@ def augment(images: torch.Tensor, per_batch: bool, padding: int = 4) -> torch.Te
         cropped = torch.stack([padded[i, :, t : t + height, l : l + width] for i, (t, l) in enumerate(offsets)])
     flip = torch.rand(batch) < 0.5
     return torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
+
+
+def train_inputs(images: torch.Tensor, args: argparse.Namespace) -> torch.Tensor:
+    """A uint8 training batch, augmented and normalized: padded before normalizing, except constant
+    padding with ``--pad-fill mean`` (after normalizing, with 0)."""
+    per_batch = args.crop == "batch"
+    if args.pad_fill == "mean":
+        return augment(normalize(images, args.std), per_batch, padding_mode=args.padding_mode)
+    return normalize(augment(images, per_batch, padding_mode=args.padding_mode), args.std)
 
 
 def normalize(images: torch.Tensor, std: tuple[float, ...]) -> torch.Tensor:
@@ -117,6 +128,10 @@ def main() -> None:
     parser.add_argument("--pct-start", type=float, default=0.25)
     parser.add_argument("--cycle-momentum", action="store_true", help="cycle momentum 0.85-0.95 (torch's default)")
     parser.add_argument("--std", type=float, nargs=3, default=(0.2023, 0.1994, 0.2010))
+    parser.add_argument("--padding-mode", choices=("constant", "edge", "reflect", "symmetric"), default="constant")
+    parser.add_argument("--pad-fill", choices=("black", "mean"), default="black",
+                        help="constant padding: black before normalizing (torchvision's RandomCrop before Normalize) "
+                        "or 0 after it (the mean colour)")
     parser.add_argument("--out", type=Path, help="CSV file to append the result row to")
     args = parser.parse_args()
     if args.summarize:
@@ -124,6 +139,8 @@ def main() -> None:
         return
     if args.root is None or args.out is None:
         parser.error("training needs --root and --out")
+    if args.pad_fill == "mean" and args.padding_mode != "constant":
+        parser.error("--pad-fill mean fills constant padding: use it with --padding-mode constant")
 
     train_x, train_y = load_split(args.root / "train")
     test_x, test_y = load_split(args.root / "test")
@@ -141,7 +158,7 @@ def main() -> None:
         order = torch.randperm(len(train_x))
         for step in range(steps_per_epoch):
             index = order[step * args.batch_size : (step + 1) * args.batch_size]
-            inputs = normalize(augment(train_x[index], args.crop == "batch"), args.std)
+            inputs = train_inputs(train_x[index], args)
             loss = F.cross_entropy(model(inputs), train_y[index])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

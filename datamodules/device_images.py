@@ -6,8 +6,9 @@ keep deciding the order, the DDP shards and the resume position exactly as for t
 pipeline; after the indices reach the device, :meth:`DeviceImages.batch` gathers the images and
 augments them there, a whole batch at a time:
 
-* random crop with zero padding and horizontal flip (torchvision's ``RandomCrop(size, padding)`` +
-  ``RandomHorizontalFlip()``; the same distribution, drawn per sample);
+* random crop and horizontal flip (torchvision's ``RandomCrop(size, padding, padding_mode=...)`` +
+  ``RandomHorizontalFlip()``; the same distribution, drawn per sample), constant padding filled with
+  black before normalizing (torchvision's default) or with the mean colour (zero after normalizing);
 * conversion to float and per-channel normalization (``ToDtype(scale=True)`` + ``Normalize``).
 
 The crop offsets and flips are a counter-based hash of ``(seed, epoch, sample index)``
@@ -25,7 +26,7 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import numpy as np
 import torch
@@ -35,7 +36,23 @@ from torch.utils.data import Dataset
 
 from .feature_cache import feature_cache_path
 
-__all__ = ["DeviceImages", "IndexBatch", "IndexDataset", "crop_flip_params", "decode_images", "image_cache"]
+__all__ = [
+    "PADDING_MODES",
+    "PAD_FILLS",
+    "DeviceImages",
+    "IndexBatch",
+    "IndexDataset",
+    "check_padding",
+    "crop_flip_params",
+    "decode_images",
+    "image_cache",
+]
+
+#: torchvision's padding modes for the random crop, and what constant padding is filled with
+PaddingMode = Literal["constant", "edge", "reflect", "symmetric"]
+PadFill = Literal["black", "mean"]
+PADDING_MODES: tuple[str, ...] = get_args(PaddingMode)
+PAD_FILLS: tuple[str, ...] = get_args(PadFill)
 
 log = logging.getLogger(__name__)
 
@@ -125,36 +142,78 @@ class DeviceImages:
         seed: int = 0,
         padding: int = 4,
         crop_per_batch: bool = False,
+        padding_mode: PaddingMode = "constant",
+        pad_fill: PadFill = "black",
     ) -> tuple[Tensor, Tensor]:
         """``(images float32 (B, C, H, W), labels (B,))`` for ``indices`` (on this object's device),
-        randomly cropped (``padding``) and flipped when ``augment``; ``crop_per_batch``: every sample
-        takes the first one's crop offset (flips stay per sample)."""
+        randomly cropped (``padding``, ``padding_mode``, ``pad_fill``: see :func:`check_padding`) and
+        flipped when ``augment``; ``crop_per_batch``: every sample takes the first one's crop offset
+        (flips stay per sample)."""
         self.to(indices.device)
-        if augment:
-            top, left, flip = crop_flip_params(indices, epoch, seed, padding)
-            if crop_per_batch:
-                top, left = top[:1].expand_as(top), left[:1].expand_as(left)
-            images = self._crop_flip(indices, top, left, flip, padding)
-        else:
-            images = self.images[indices]
-        return torch.addcmul(-self.shift, images.float(), self.scale), self.labels[indices]
+        if not augment:
+            return torch.addcmul(-self.shift, self.images[indices].float(), self.scale), self.labels[indices]
+        top, left, flip = crop_flip_params(indices, epoch, seed, padding)
+        if crop_per_batch:
+            top, left = top[:1].expand_as(top), left[:1].expand_as(left)
+        images, inside = self._crop_flip(indices, top, left, flip, padding, padding_mode)
+        if inside is not None and pad_fill == "black":  # black uint8 border, normalized with the image
+            images = images * inside.to(images.dtype)
+        images = torch.addcmul(-self.shift, images.float(), self.scale)
+        if inside is not None and pad_fill == "mean":  # a zero border after normalizing: the mean colour
+            images = images * inside
+        return images, self.labels[indices]
 
-    def _crop_flip(self, indices: Tensor, top: Tensor, left: Tensor, flip: Tensor, padding: int) -> Tensor:
+    def _crop_flip(
+        self, indices: Tensor, top: Tensor, left: Tensor, flip: Tensor, padding: int, padding_mode: PaddingMode
+    ) -> tuple[Tensor, Tensor | None]:
         """One gather: output pixel ``(i, j)`` of sample ``b`` is padded-image pixel
-        ``(top + i, left + j')`` (``j' = W - 1 - j`` when flipped); the zero padding is masked in."""
+        ``(top + i, left + j')`` (``j' = W - 1 - j`` when flipped). Returns the uint8 ``(B, C, H, W)``
+        and, for ``constant`` padding, the ``(B, 1, H, W)`` mask of pixels inside the image (the
+        border still to be filled); other modes read the border from the image itself."""
         _, channels, height, width = self.images.shape
         device = indices.device
-        rows = top[:, None] + torch.arange(height, device=device) - padding  # (B, H) source rows
+        rows, row_inside = _source_index(top[:, None] + torch.arange(height, device=device) - padding, height, padding_mode)
         cols = left[:, None] + torch.arange(width, device=device) - padding  # (B, W)
-        cols = torch.where(flip[:, None], cols.flip(1), cols)
-        inside = ((rows >= 0) & (rows < height))[:, :, None] & ((cols >= 0) & (cols < width))[:, None, :]
+        cols, col_inside = _source_index(torch.where(flip[:, None], cols.flip(1), cols), width, padding_mode)
         gathered = self.images[
             indices[:, None, None, None],
             torch.arange(channels, device=device)[None, :, None, None],
-            rows.clamp(0, height - 1)[:, None, :, None],
-            cols.clamp(0, width - 1)[:, None, None, :],
+            rows[:, None, :, None],
+            cols[:, None, None, :],
         ]  # (B, C, H, W)
-        return gathered * inside[:, None].to(gathered.dtype)
+        inside = None if row_inside is None else (row_inside[:, :, None] & col_inside[:, None, :])[:, None]
+        return gathered, inside
+
+
+def _source_index(index: Tensor, size: int, mode: PaddingMode) -> tuple[Tensor, Tensor | None]:
+    """Positions ``index`` of a padded axis (``-padding .. size + padding - 1``) -> the image position
+    each reads, as torch's padding modes do, and for ``constant`` the mask of positions inside."""
+    if mode == "constant":
+        return index.clamp(0, size - 1), (index >= 0) & (index < size)
+    if mode == "edge":
+        return index.clamp(0, size - 1), None
+    if mode == "reflect":  # ... 2 1 | 0 1 2 ... (the edge not repeated)
+        return torch.where(index < 0, -index, torch.where(index >= size, 2 * (size - 1) - index, index)), None
+    if mode == "symmetric":  # ... 1 0 | 0 1 ... (the edge repeated)
+        return torch.where(index < 0, -index - 1, torch.where(index >= size, 2 * size - 1 - index, index)), None
+    raise ValueError(f"padding_mode {mode!r}: choose one of {', '.join(PADDING_MODES)}")
+
+
+def check_padding(padding: int, padding_mode: str, pad_fill: str, size: int | None = None) -> None:
+    """The random crop's padding options, checked: ``padding_mode`` is torchvision's (``constant``,
+    ``edge``, ``reflect``, ``symmetric``); ``pad_fill`` is what ``constant`` fills with: ``black``
+    (uint8 0 before normalizing, torchvision's ``RandomCrop(padding=...)`` before ``Normalize``: the
+    border becomes ``-mean / std``) or ``mean`` (0 after normalizing: the data set's mean colour).
+    ``reflect`` and ``symmetric`` need ``padding`` below the image ``size`` (checked when given)."""
+    if padding_mode not in PADDING_MODES:
+        raise ValueError(f"padding_mode {padding_mode!r}: choose one of {', '.join(PADDING_MODES)}")
+    if pad_fill not in PAD_FILLS:
+        raise ValueError(f"pad_fill {pad_fill!r}: choose one of {', '.join(PAD_FILLS)}")
+    if pad_fill != "black" and padding_mode != "constant":
+        raise ValueError(f"pad_fill {pad_fill} fills constant padding; padding_mode {padding_mode} takes the border "
+                         "from the image: leave pad_fill at black or set padding_mode constant")
+    if size is not None and padding_mode in ("reflect", "symmetric") and padding >= size:
+        raise ValueError(f"padding {padding} with padding_mode {padding_mode} needs images larger than it ({size} pixels)")
 
 
 def _read_rgb(path: str, size: int, load: Callable[[str], Image.Image]) -> np.ndarray:

@@ -25,7 +25,7 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from .base import ClassificationDataModule
-from .device_images import DeviceImages, IndexBatch, IndexDataset, image_cache
+from .device_images import DeviceImages, IndexBatch, IndexDataset, PadFill, PaddingMode, check_padding, image_cache
 
 __all__ = ["CIFARDataModule", "ImageFolderDataModule"]
 
@@ -38,14 +38,28 @@ _IMAGENET_STATS = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
 def build_transforms(
-    recipe: Literal["cifar", "imagenet"], image_size: int, mean: tuple[float, ...], std: tuple[float, ...]
+    recipe: Literal["cifar", "imagenet"],
+    image_size: int,
+    mean: tuple[float, ...],
+    std: tuple[float, ...],
+    padding: int = 4,
+    padding_mode: PaddingMode = "constant",
+    pad_fill: PadFill = "black",
 ) -> tuple[Callable, Callable]:
-    """``(train, eval)`` transforms: PIL image -> normalized ``(3, image_size, image_size)`` float tensor."""
+    """``(train, eval)`` transforms: PIL image -> normalized ``(3, image_size, image_size)`` float tensor.
+    The ``cifar`` recipe's random crop pads by ``padding`` with ``padding_mode``; constant padding is
+    black before normalizing, or with ``pad_fill: mean`` zero after it (the crop then follows
+    ``Normalize``; :func:`~datamodules.device_images.check_padding`)."""
     tail = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
     if recipe == "cifar":
-        train = [v2.RandomCrop(image_size, padding=4), v2.RandomHorizontalFlip()]
+        check_padding(padding, padding_mode, pad_fill, image_size)
+        train = [v2.RandomCrop(image_size, padding=padding, padding_mode=padding_mode), v2.RandomHorizontalFlip()]
         evaluate = [v2.Resize(image_size), v2.CenterCrop(image_size)]
+        if pad_fill == "mean":  # crop the normalized image: its zero padding is the mean colour
+            return v2.Compose(tail + train), v2.Compose(evaluate + tail)
     elif recipe == "imagenet":
+        if (padding_mode, pad_fill) != ("constant", "black"):
+            raise ValueError("padding_mode and pad_fill set the cifar recipe's random crop; the imagenet recipe has none")
         train = [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()]
         evaluate = [v2.Resize(round(image_size * 8 / 7), antialias=True), v2.CenterCrop(image_size)]
     else:
@@ -60,7 +74,12 @@ class ImageDataModule(ClassificationDataModule):
         on_device: hold the uint8 images on the training device and crop, flip and normalize there
             per batch (:mod:`datamodules.device_images`); the DataLoader then carries only indices
             (no workers). For small fixed-size images (CIFAR, TinyImageNet) with ``cifar`` transforms.
-        padding: the random crop's zero padding in device mode (the ``cifar`` recipe's 4).
+        padding: the ``cifar`` recipe's random-crop padding in pixels (4).
+        padding_mode: how the crop pads: torchvision's ``constant`` (default), ``edge``, ``reflect``,
+            ``symmetric``.
+        pad_fill: what ``constant`` padding is: ``black`` (default; uint8 0 before normalizing, as
+            torchvision's ``RandomCrop(padding=4)`` before ``Normalize``: about -2 per channel after)
+            or ``mean`` (the mean colour: 0 after normalizing). Both pipelines, decoded and on device.
         crop_per_batch: device mode: one crop offset per batch instead of one per sample (flips stay
             per sample), as some minimal GPU training scripts crop; an ablation switch, off by default.
         **kwargs: :class:`~datamodules.base.ClassificationDataModule` options.
@@ -69,14 +88,29 @@ class ImageDataModule(ClassificationDataModule):
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
-    def __init__(self, root: str, on_device: bool = False, padding: int = 4, crop_per_batch: bool = False, **kwargs) -> None:
+    def __init__(
+        self,
+        root: str,
+        on_device: bool = False,
+        padding: int = 4,
+        crop_per_batch: bool = False,
+        padding_mode: PaddingMode = "constant",
+        pad_fill: PadFill = "black",
+        **kwargs,
+    ) -> None:
         super().__init__(root=root, **kwargs)
         if crop_per_batch and not on_device:
             raise ValueError("crop_per_batch is a device-mode option: set on_device: true as well")
         self.on_device = on_device
-        self.padding = padding
+        check_padding(padding, padding_mode, pad_fill)
+        self.padding, self.padding_mode, self.pad_fill = padding, padding_mode, pad_fill
         self.crop_per_batch = crop_per_batch
         self.device_images: dict[str, DeviceImages] = {}
+
+    @property
+    def padding_options(self) -> tuple[int, PaddingMode, PadFill]:
+        """``(padding, padding_mode, pad_fill)`` of the random crop."""
+        return self.padding, self.padding_mode, self.pad_fill
 
     def load_uint8(self) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
         """``((train images, train labels), (test images, test labels))``: uint8 ``(N, 3, H, W)``
@@ -89,6 +123,7 @@ class ImageDataModule(ClassificationDataModule):
         if not self.on_device:
             return self.decoded_datasets()
         (train_x, train_y), (test_x, test_y) = self.load_uint8()
+        check_padding(*self.padding_options, size=min(train_x.shape[-2:]))
         train = DeviceImages(torch.as_tensor(train_x), torch.as_tensor(train_y), self.mean, self.std)
         test = DeviceImages(torch.as_tensor(test_x), torch.as_tensor(test_y), self.mean, self.std)
         self.device_images = {"train": train, "train_eval": train, "test": test}
@@ -117,6 +152,8 @@ class ImageDataModule(ClassificationDataModule):
             seed=self._training_seed(),  # the augmentation key: the training order's seed (a resumed run's too)
             padding=self.padding,
             crop_per_batch=self.crop_per_batch,
+            padding_mode=self.padding_mode,
+            pad_fill=self.pad_fill,
         )
 
 
@@ -159,8 +196,13 @@ class CIFARDataModule(ImageDataModule):
             ) from error
 
     def decoded_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
-        train_tf, eval_tf = build_transforms("cifar", 32, self.mean, self.std)
+        train_tf, eval_tf = build_transforms("cifar", 32, self.mean, self.std, *self.padding_options)
         return self._open(True, train_tf), self._open(True, eval_tf), self._open(False, eval_tf)
+
+    @property
+    def padding_options(self) -> tuple[int, PaddingMode, PadFill]:
+        """``(padding, padding_mode, pad_fill)`` of the random crop."""
+        return self.padding, self.padding_mode, self.pad_fill
 
     def load_uint8(self) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
         """torchvision's arrays as they are stored: uint8 ``(N, 32, 32, 3)``, as ``(N, 3, 32, 32)``."""
@@ -248,7 +290,7 @@ class ImageFolderDataModule(ImageDataModule):
         return train_dir, test_dir
 
     def decoded_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
-        train_tf, eval_tf = build_transforms(self.transforms, self.image_size, self.mean, self.std)
+        train_tf, eval_tf = build_transforms(self.transforms, self.image_size, self.mean, self.std, *self.padding_options)
         train_dir, test_dir = self._check_test_classes()
         train = datasets.ImageFolder(str(train_dir), transform=train_tf, loader=_load_rgb)
         train_eval = datasets.ImageFolder(str(train_dir), transform=eval_tf, loader=_load_rgb)
@@ -268,6 +310,11 @@ class ImageFolderDataModule(ImageDataModule):
         files = [str(Path(path).relative_to(root)) for path, _ in folder.samples]
         path = image_cache(Path(self.cache_dir or self.root) / ".l2bn_cache", split, root, files, self.image_size, _load_rgb)
         return np.load(path), list(folder.targets)
+
+    @property
+    def padding_options(self) -> tuple[int, PaddingMode, PadFill]:
+        """``(padding, padding_mode, pad_fill)`` of the random crop."""
+        return self.padding, self.padding_mode, self.pad_fill
 
     def load_uint8(self) -> tuple[tuple[Any, Any], tuple[Any, Any]]:
         self._check_test_classes()

@@ -51,12 +51,77 @@ def test_every_crop_and_flip_equals_torchvision_on_the_image():
     padded = v2.functional.pad(images[0], [4])
     reference_tail = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
     for top, left, flip in itertools.product(range(9), range(9), (False, True)):
-        crop = data._crop_flip(torch.tensor([0]), torch.tensor([top]), torch.tensor([left]), torch.tensor([flip]), 4)
+        crop, inside = data._crop_flip(torch.tensor([0]), torch.tensor([top]), torch.tensor([left]), torch.tensor([flip]), 4, "constant")
+        crop = crop * inside
         expected = padded[:, top : top + 8, left : left + 8]
         expected = expected.flip(-1) if flip else expected
         assert torch.equal(crop[0], expected), (top, left, flip)
     x, _ = data.batch(torch.tensor([0]))
     torch.testing.assert_close(x[0], reference_tail(images[0]), rtol=0, atol=1e-6)
+
+
+PADDINGS = [("constant", "black"), ("constant", "mean"), ("edge", "black"), ("reflect", "black"), ("symmetric", "black")]
+
+
+def _padded_candidates(image: torch.Tensor, mode: str, fill: str, padding: int = 4) -> torch.Tensor:
+    """Every (top, left, flip) crop of torchvision's padding of a uint8 ``(C, H, W)`` image, normalized:
+    ``(2 * (2 * padding + 1) ** 2, C, H, W)`` ordered by (top, left, flip). ``mean`` pads the normalized
+    image with 0; every other case pads the uint8 image (black: with 0) and normalizes after."""
+    normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
+    height, width = image.shape[-2:]
+    padded = v2.functional.pad(normalize(image), [padding], fill=0) if fill == "mean" else normalize(
+        v2.functional.pad(image, [padding], fill=0, padding_mode=mode))
+    crops = []
+    for top, left, flip in itertools.product(range(2 * padding + 1), range(2 * padding + 1), (False, True)):
+        crop = padded[:, top : top + height, left : left + width]
+        crops.append(crop.flip(-1) if flip else crop)
+    return torch.stack(crops)
+
+
+@pytest.mark.parametrize("mode, fill", PADDINGS)
+def test_device_crops_equal_torchvision_for_every_padding_mode(mode, fill):
+    """``batch`` of 400 copies of one image: each sample equals torchvision's padding (``pad`` with the
+    mode; black before or mean colour after normalizing) cropped and flipped at its drawn offsets."""
+    image = _random_images(1)
+    indices = torch.arange(400)
+    data = DeviceImages(image.expand(400, -1, -1, -1).contiguous(), torch.zeros(400), MEAN, STD)
+    x, _ = data.batch(indices, augment=True, epoch=1, seed=3, padding=4, padding_mode=mode, pad_fill=fill)
+    top, left, flip = crop_flip_params(indices, epoch=1, seed=3, padding=4)
+    candidates = _padded_candidates(image[0], mode, fill)
+    expected = candidates[(top * 9 + left) * 2 + flip.long()]
+    torch.testing.assert_close(x, expected, rtol=0, atol=1e-6)
+    border = x[(top == 0) & (left == 0) & ~flip][:, :, 0, 0]  # the top-left corner pixel is padding
+    if fill == "mean":
+        assert border.abs().max() == 0
+    elif mode == "constant":
+        torch.testing.assert_close(border, -(torch.tensor(MEAN) / torch.tensor(STD)).expand_as(border), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode, fill", PADDINGS)
+def test_decoded_crops_are_torchvision_paddings_of_the_image(mode, fill):
+    """The decoded pipeline's training transform gives, on every draw, one of the padded crops above."""
+    image = _random_images(1)
+    train, _ = build_transforms("cifar", 8, MEAN, STD, padding=4, padding_mode=mode, pad_fill=fill)
+    candidates = _padded_candidates(image[0], mode, fill)
+    torch.manual_seed(0)
+    drawn = set()
+    for _ in range(40):
+        x = train(Image.fromarray(image[0].permute(1, 2, 0).numpy()))
+        match = ((candidates - x).abs().amax(dim=(1, 2, 3)) <= 1e-6).nonzero()
+        assert len(match) > 0, "not a padded crop of the image"
+        drawn.add(int(match[0]))
+    assert len(drawn) > 20  # random offsets and flips, not one fixed crop
+
+
+def test_padding_options_are_checked():
+    with pytest.raises(ValueError, match="padding_mode 'wrap': choose one of constant, edge, reflect, symmetric"):
+        build_transforms("cifar", 8, MEAN, STD, padding_mode="wrap")
+    with pytest.raises(ValueError, match="pad_fill mean fills constant padding; padding_mode reflect"):
+        build_transforms("cifar", 8, MEAN, STD, padding_mode="reflect", pad_fill="mean")
+    with pytest.raises(ValueError, match="padding 8 with padding_mode reflect needs images larger than it"):
+        build_transforms("cifar", 8, MEAN, STD, padding=8, padding_mode="reflect")
+    with pytest.raises(ValueError, match="the imagenet recipe has none"):
+        build_transforms("imagenet", 8, MEAN, STD, pad_fill="mean")
 
 
 def test_evaluation_batches_equal_the_decoded_pipelines(tmp_path):

@@ -43,6 +43,23 @@ def test_each_sample_is_a_crop_of_its_zero_padded_image_and_maybe_flipped():
         assert (len(set(offsets)) == 1) == per_batch  # one offset for the batch, or one per sample
 
 
+def test_padding_modes_and_the_mean_fill_pad_as_torchvision_does():
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    for mode, fill in (("reflect", "black"), ("edge", "black"), ("symmetric", "black"), ("constant", "mean")):
+        args = argparse.Namespace(crop="sample", padding_mode=mode, pad_fill=fill, std=(0.2, 0.2, 0.2))
+        torch.manual_seed(0)
+        out = loop.train_inputs(images, args)
+        source = loop.normalize(images, args.std) if fill == "mean" else images
+        padded = loop.v2.functional.pad(source, [4], fill=0, padding_mode=mode)  # torchvision's own padding
+        for i in range(6):
+            crops = [padded[i, :, t : t + 32, l : l + 32] for t in range(9) for l in range(9)]
+            crops += [c.flip(2) for c in crops]
+            crops = [c if fill == "mean" else loop.normalize(c[None], args.std)[0] for c in crops]
+            assert any(torch.allclose(out[i], c, atol=1e-6) for c in crops), (mode, fill, i)
+        if fill == "mean":  # the border is the mean colour: 0 after normalizing
+            assert (out == 0).any()
+
+
 def test_weight_decay_groups_cover_every_parameter_once():
     model = loop.resnet20(10, loop.get_norm_layer("bn"), shortcut="B")
     for no_decay_1d in (False, True):
