@@ -6,8 +6,9 @@ absolute imports of the project are rewritten to the carrying package (``from l2
 -> ``from <package>.nn import x``; relative imports stay as they are), as pip's vendoring does. Any
 other import that runs when the file is imported must be of the standard library or of
 :data:`ALLOWED_THIRD_PARTY`: a network file that imports Lightning, a datamodule or a command is
-refused, naming the file and the import (imports inside functions are optional extras, e.g. timm
-for ``convert_norm``; the package's build check runs the code it ships).
+refused, naming the file and the import. Imports inside functions are optional extras and are not
+followed (timm for ``convert_norm``, the Triton kernels of the fused training path: inference does not
+reach them); the package's build check runs the code it ships.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def _closure(roots: list[str]) -> set[str]:
             if prefix is None and foreign and eager:
                 raise VendorError(f"{where}:{node.lineno}: imports {target}, which the inference package cannot carry "
                                   f"(it carries l2bn_lit.nn, models/ files, the standard library and {', '.join(ALLOWED_THIRD_PARTY)})")
-            if prefix is None:
+            if prefix is None or not eager:  # a lazy import of project code: an optional path (e.g. the Triton kernels)
                 continue
             if isinstance(node, ast.Import):
                 raise VendorError(f"{where}:{node.lineno}: 'import {target}': write 'from {target} import ...'")

@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
-import pandas as pd
-import pytest
+import torch  # imports no Triton; Lightning and torchvision do
 
-from datamodules import write_synthetic_tau
+if not torch.cuda.is_available():
+    # the fused kernels' CPU tests (tests/test_fused.py) run them under Triton's interpreter, which
+    # Triton reads when it is first imported
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pandas as pd  # noqa: E402
+import pytest  # noqa: E402
+
+from datamodules import write_synthetic_tau  # noqa: E402
 
 #: sample rate and clip length of the ``synthetic_root`` fixture
 TAU_RATE, TAU_DURATION = 16000, 1.0

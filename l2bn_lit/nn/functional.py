@@ -35,6 +35,8 @@ import math
 import torch
 from torch import Tensor
 
+from .fused import l2_batch_norm_train, use_fused_kernels
+
 __all__ = ["l2_batch_norm"]
 
 
@@ -303,6 +305,10 @@ def l2_batch_norm(
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {list(input.shape)}"
             )
+        if use_fused_kernels(input):  # L2BN_KERNELS: the fused Triton kernels (l2bn_lit.nn.fused)
+            y, mu, var = l2_batch_norm_train(input, weight, bias, eps, l2_eps, rescale)
+            _update_running_stats(running_mean, running_var, mu, var, input.numel() // channels, momentum)
+            return y
         return _L2BatchNormTrain.apply(
             input, weight, bias, running_mean, running_var, momentum, eps, l2_eps, rescale
         )

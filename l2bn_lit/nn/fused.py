@@ -1,0 +1,135 @@
+"""The fused-kernel training path of :func:`l2bn_lit.nn.functional.l2_batch_norm` and its switch.
+
+The training forward and backward are two custom operators, ``l2bn::train_forward`` and
+``l2bn::train_backward`` (``torch.library``: fake implementations for FakeTensor, ``torch.export``
+and FX; the autograd formula registered on the forward), each running four Triton kernels
+(:mod:`l2bn_lit.nn.triton_kernels`): BatchNorm's passes over memory, and one launch per small
+``(N, C)`` step where the ATen path makes about 25 small operations per direction.
+
+The environment variable ``L2BN_KERNELS`` chooses, read at every call:
+
+* ``auto`` (default): the fused kernels for float32/float16/bfloat16 CUDA tensors when Triton
+  imports, the ATen path otherwise;
+* ``triton``: the fused kernels on any device (float64 keeps the ATen path, the float64 reference);
+  on CPU tensors they run only under Triton's interpreter (``TRITON_INTERPRET=1``), which is how
+  the CPU tests check them;
+* ``aten``: the ATen path everywhere.
+
+Under ``torch.compile`` the ATen path is traced, so Inductor keeps fusing it as before.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+from torch import Tensor
+
+__all__ = ["KERNEL_CHOICES", "kernel_choice", "l2_batch_norm_train", "use_fused_kernels"]
+
+KERNEL_CHOICES = ("auto", "triton", "aten")
+#: the operators' namespace: ``l2bn``, or its own for a copy of this file carried in another package
+#: (the DCASE inference package), so both can be imported in one process
+_NAMESPACE = "l2bn" if __name__.startswith("l2bn_lit.") else f"l2bn_{__name__.split('.')[0].lower()}"
+_FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def kernel_choice() -> str:
+    """The ``L2BN_KERNELS`` setting, checked."""
+    choice = os.environ.get("L2BN_KERNELS", "auto").strip().lower() or "auto"
+    if choice not in KERNEL_CHOICES:
+        raise ValueError(f"L2BN_KERNELS={choice!r}: choose one of {', '.join(KERNEL_CHOICES)}")
+    return choice
+
+
+@functools.cache
+def _triton_available() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def use_fused_kernels(x: Tensor) -> bool:
+    """Whether the training step of ``x`` runs the fused kernels (see the module docstring)."""
+    choice = kernel_choice()
+    if choice == "aten" or torch.compiler.is_compiling() or x.dtype not in _FUSED_DTYPES or x.numel() == 0:
+        return False
+    if choice == "auto":
+        return x.is_cuda and _triton_available()
+    if not _triton_available():
+        raise ImportError("L2BN_KERNELS=triton needs Triton (it ships with torch's CUDA builds on Linux); "
+                          "set L2BN_KERNELS=aten or auto")
+    if x.device.type == "cpu" and not _interpreting():
+        raise RuntimeError("L2BN_KERNELS=triton on a CPU tensor runs only under Triton's interpreter: set "
+                           "TRITON_INTERPRET=1 before starting Python, or use L2BN_KERNELS=auto on the CPU")
+    return True
+
+
+@torch.library.custom_op(f"{_NAMESPACE}::train_forward", mutates_args=())
+def train_forward(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, l2_eps: float, rescale: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(y, m, v, s, sq_norm, mu, var, invstd)``: the output and, float32, the per-(sample, channel)
+    mean and variance ``(N, C)``, the per-sample scale and squared norm ``(N,)``, and the channel mean,
+    biased variance and inverse std of the l2-normalized input ``(C,)``."""
+    from . import triton_kernels
+
+    return triton_kernels.train_forward(x, weight, bias, eps, l2_eps, rescale)
+
+
+@train_forward.register_fake
+def _(x, weight, bias, eps, l2_eps, rescale):
+    n, c = x.shape[:2]
+    stat = functools.partial(x.new_empty, dtype=torch.float32)
+    return torch.empty_like(x), stat(n, c), stat(n, c), stat(n), stat(n), stat(c), stat(c), stat(c)
+
+
+@torch.library.custom_op(f"{_NAMESPACE}::train_backward", mutates_args=())
+def train_backward(
+    grad: Tensor, x: Tensor, weight: Tensor | None, m: Tensor, v: Tensor, s: Tensor, sq_norm: Tensor, mu: Tensor,
+    invstd: Tensor, l2_eps: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(grad_x, grad_weight, grad_bias)`` from the forward's saved statistics (parameter gradients in float32)."""
+    from . import triton_kernels
+
+    return triton_kernels.train_backward(grad, x, weight, m, v, s, sq_norm, mu, invstd, l2_eps)
+
+
+@train_backward.register_fake
+def _(grad, x, weight, m, v, s, sq_norm, mu, invstd, l2_eps):
+    c = x.shape[1]
+    return torch.empty_like(x), x.new_empty(c, dtype=torch.float32), x.new_empty(c, dtype=torch.float32)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, weight, bias, _eps, l2_eps, _rescale = inputs
+    _, m, v, s, sq_norm, mu, var, invstd = output
+    ctx.mark_non_differentiable(m, v, s, sq_norm, mu, var, invstd)
+    ctx.save_for_backward(x, weight, m, v, s, sq_norm, mu, invstd)
+    ctx.l2_eps = l2_eps
+    ctx.parameter_dtypes = (None if weight is None else weight.dtype, None if bias is None else bias.dtype)
+
+
+def _backward(ctx, grad, *_):
+    x, weight, m, v, s, sq_norm, mu, invstd = ctx.saved_tensors
+    grad_x, grad_weight, grad_bias = train_backward(grad, x, weight, m, v, s, sq_norm, mu, invstd, ctx.l2_eps)
+    weight_dtype, bias_dtype = ctx.parameter_dtypes
+    grad_weight = grad_weight.to(weight_dtype) if weight_dtype is not None and ctx.needs_input_grad[1] else None
+    grad_bias = grad_bias.to(bias_dtype) if bias_dtype is not None and ctx.needs_input_grad[2] else None
+    return grad_x, grad_weight, grad_bias, None, None, None
+
+
+train_forward.register_autograd(_backward, setup_context=_setup_context)
+
+
+def l2_batch_norm_train(
+    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, l2_eps: float, rescale: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Training-mode L2BN through the fused kernels: ``x`` ``(N, C, *)`` -> ``(y, mu, var)``, ``y`` of
+    ``x``'s shape and dtype, ``mu`` and ``var`` the batch statistics ``(C,)`` for the running ones."""
+    y, _, _, _, _, mu, var, _ = train_forward(x, weight, bias, eps, l2_eps, rescale)
+    return y, mu, var

@@ -1,0 +1,221 @@
+"""The fused Triton path (``L2BN_KERNELS=triton``, :mod:`l2bn_lit.nn.fused`): on the CPU under Triton's
+interpreter (small shapes: the interpreter is slow), against the float64 reference; the CUDA-path
+operation count per training step, counted without a GPU; the switch."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from l2bn_lit import L2BN1d, L2BN2d, L2BN3d
+from l2bn_lit.nn import fused
+from reference import ReferenceL2BN
+
+pytest.importorskip("triton")  # CPU runs: conftest sets TRITON_INTERPRET=1 before anything imports Triton
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+#: shape, memory format: 1d, 2d contiguous and channels_last, the 1x2 spatial case, 3d both ways
+CASES = [
+    ((6, 5), torch.contiguous_format),
+    ((4, 3, 5, 6), torch.contiguous_format),
+    ((4, 3, 5, 6), torch.channels_last),
+    ((3, 4, 1, 2), torch.contiguous_format),
+    ((3, 2, 3, 4, 2), torch.contiguous_format),
+    ((3, 2, 3, 4, 2), torch.channels_last_3d),
+]
+LAYERS = {2: L2BN1d, 3: L2BN1d, 4: L2BN2d, 5: L2BN3d}
+
+
+@pytest.fixture
+def fused_kernels(monkeypatch):
+    monkeypatch.setenv("L2BN_KERNELS", "triton")
+    calls = []
+    real = fused.train_forward
+
+    def spy(*args):
+        calls.append(args[0].shape)
+        return real(*args)
+
+    monkeypatch.setattr(fused, "train_forward", spy)
+    yield calls
+
+
+def _relative(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.double() - want).abs().max() / want.abs().max().clamp_min(1e-30)).item()
+
+
+def _steps(layer: torch.nn.Module, xs: list[torch.Tensor], grads: list[torch.Tensor], dtype: torch.dtype):
+    """Training steps: per step the output and the input and parameter gradients (float64 copies)."""
+    results = []
+    for x, grad in zip(xs, grads):
+        x = x.to(dtype).requires_grad_(True)
+        y = layer(x)
+        params = [p for p in layer.parameters()]
+        grads_out = torch.autograd.grad(y, [x, *params], grad.to(y.dtype))
+        results.append((y, *grads_out))
+    return results
+
+
+@pytest.mark.parametrize("shape, memory_format", CASES)
+@pytest.mark.parametrize("options", [{}, {"affine": False, "rescale": True}, {"momentum": None}])
+def test_fused_training_equals_the_float64_reference(fused_kernels, shape, memory_format, options):
+    """Two training steps (outputs, input and parameter gradients, running statistics, then eval)
+    of the fused path against F.normalize + F.batch_norm in float64: float32 relative error <= 2e-4."""
+    torch.manual_seed(0)
+    channels = shape[1]
+    xs = [(torch.randn(shape) * 3 + 2).contiguous(memory_format=memory_format) for _ in range(2)]
+    grads = [torch.randn(shape) for _ in range(2)]
+    layer = LAYERS[len(shape)](channels, **options).to(DEVICE)
+    reference = ReferenceL2BN(channels, momentum=options.get("momentum", 0.1), affine=options.get("affine", True),
+                              rescale=options.get("rescale", False)).double()
+    if layer.affine:
+        with torch.no_grad():
+            for p in (layer.weight, layer.bias):
+                p.normal_()
+        reference.load_state_dict(layer.state_dict())
+    got = _steps(layer, [x.to(DEVICE) for x in xs], [g.to(DEVICE) for g in grads], torch.float32)
+    want = _steps(reference, [x.double() for x in xs], [g.double() for g in grads], torch.float64)
+    assert len(fused_kernels) == 2
+    for step_got, step_want in zip(got, want):
+        for a, b in zip(step_got, step_want):
+            assert _relative(a.cpu(), b) <= 2e-4
+        assert step_got[0].is_contiguous(memory_format=memory_format)  # the layout is kept
+    for name in ("running_mean", "running_var"):
+        assert _relative(getattr(layer, name).cpu(), getattr(reference, name)) <= 2e-4
+    assert layer.num_batches_tracked.item() == reference.num_batches_tracked.item() == 2
+    layer.eval()
+    reference.eval()
+    assert _relative(layer(xs[0].to(DEVICE)).cpu(), reference(xs[0].double())) <= 2e-4
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float16, 1e-2), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_half_precision_inputs_accumulate_in_float32(fused_kernels, dtype, tolerance, memory_format):
+    """float16/bfloat16 inputs whose squared norms exceed float16's range: finite, float32-accurate
+    statistics; the output and input gradient in the input's dtype."""
+    torch.manual_seed(1)
+    x = (torch.randn(4, 3, 6, 5) * 60 + 30).contiguous(memory_format=memory_format)  # ||x||^2 ~ 3e5 > 65504
+    grad = torch.randn_like(x)
+    layer = L2BN2d(3).to(DEVICE)
+    (y, dx, dw, db), = _steps(layer, [x.to(DEVICE)], [grad.to(DEVICE)], dtype)
+    (ry, rdx, rdw, rdb), = _steps(ReferenceL2BN(3).double(), [x.to(dtype).double()], [grad.to(dtype).double()], torch.float64)
+    assert y.dtype == dx.dtype == dtype and dw.dtype == torch.float32
+    for a, b in ((y, ry), (dx, rdx), (dw, rdw), (db, rdb)):
+        assert torch.isfinite(a).all() and _relative(a.cpu(), b) <= tolerance
+
+
+def test_an_all_zero_sample_gives_what_the_reference_gives(fused_kernels):
+    torch.manual_seed(2)
+    x = torch.randn(4, 3, 4, 4) + 1
+    x[1] = 0  # its norm is clamped to l2_eps: it normalizes to zero, with no radial gradient
+    grad = torch.randn_like(x)
+    got = _steps(L2BN2d(3).to(DEVICE), [x.to(DEVICE)], [grad.to(DEVICE)], torch.float32)[0]
+    want = _steps(ReferenceL2BN(3).double(), [x.double()], [grad.double()], torch.float64)[0]
+    for a, b in zip(got, want):
+        assert torch.isfinite(a).all() and _relative(a.cpu(), b) <= 2e-4
+
+
+def test_fused_and_aten_paths_leave_the_same_state_dict(monkeypatch):
+    torch.manual_seed(3)
+    xs = [torch.randn(5, 4, 3, 3) * 2 - 1 for _ in range(3)]
+    target = torch.randn(5, 4, 3, 3).to(DEVICE)
+    states = {}
+    for choice in ("aten", "triton"):
+        monkeypatch.setenv("L2BN_KERNELS", choice)
+        torch.manual_seed(4)
+        layer = L2BN2d(4).to(DEVICE)
+        optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+        for x in xs:
+            (layer(x.to(DEVICE)) * target).sum().backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        states[choice] = layer.state_dict()
+    for key, value in states["aten"].items():
+        torch.testing.assert_close(states["triton"][key], value, rtol=1e-5, atol=1e-5)
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts the operator calls that do work on a GPU: not views, not device queries (``prim``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not func.is_view and func.namespace != "prim":
+            self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+def _backward_by_hand(output: torch.Tensor, grad: torch.Tensor) -> None:
+    """Runs the backward nodes of ``output``'s graph (a chain) one after the other, as the engine would:
+    the engine itself refuses fake CUDA tensors without a GPU."""
+    stack = [(output.grad_fn, grad)]
+    while stack:
+        node, node_grad = stack.pop()
+        if node is None or type(node).__name__ == "AccumulateGrad":
+            continue
+        grads = node(node_grad) if callable(node) else node.apply(node_grad)
+        grads = grads if isinstance(grads, tuple) else (grads,)
+        stack.extend((child, g) for (child, _), g in zip(node.next_functions, grads) if child is not None and g is not None)
+
+
+def _count_cuda_ops(layer_cls, shape, dtype, memory_format, choice, monkeypatch) -> tuple[list[str], list[str]]:
+    """The operators of one training forward and of its backward, on fake CUDA tensors."""
+    monkeypatch.setenv("L2BN_KERNELS", choice)
+    with FakeTensorMode(allow_non_fake_inputs=False):
+        layer = layer_cls(shape[1], device="cuda")
+        x = torch.empty(shape, device="cuda", dtype=dtype).contiguous(memory_format=memory_format).requires_grad_(True)
+        grad = torch.empty(shape, device="cuda", dtype=dtype)
+        with _OpCounter() as forward:
+            y = layer(x)
+        with _OpCounter() as backward:
+            if choice != "aten":  # the ATen path's CUDA backward initializes CUDA, which a machine without a GPU cannot
+                _backward_by_hand(y, grad)
+    return forward.ops, backward.ops
+
+
+@pytest.mark.parametrize("dtype, memory_format", [
+    (torch.float32, torch.contiguous_format), (torch.float32, torch.channels_last), (torch.bfloat16, torch.contiguous_format),
+])
+def test_the_cuda_training_step_makes_at_most_12_operators(dtype, memory_format, monkeypatch):
+    """Counted without a GPU (fake CUDA tensors): the fused path's training forward + backward of
+    L2BN2d (BatchNorm2d: 4, 5 in channels_last; the ATen path's forward alone: 20 or more)."""
+    shape = (8, 16, 7, 7)
+    forward, backward = _count_cuda_ops(L2BN2d, shape, dtype, memory_format, "auto", monkeypatch)
+    assert "l2bn.train_forward.default" in forward and "l2bn.train_backward.default" in backward
+    assert len(forward + backward) <= 12, forward + backward
+    bn_forward, bn_backward = _count_cuda_ops(torch.nn.BatchNorm2d, shape, dtype, memory_format, "auto", monkeypatch)
+    assert 4 <= len(bn_forward + bn_backward) <= 5, bn_forward + bn_backward  # the counter sees what the issue counted
+    aten_forward, _ = _count_cuda_ops(L2BN2d, shape, dtype, memory_format, "aten", monkeypatch)
+    assert len(aten_forward) >= 20, aten_forward
+
+
+def test_the_switch(monkeypatch):
+    x = torch.randn(4, 3, 2, 2)
+    monkeypatch.setenv("L2BN_KERNELS", "fast")
+    with pytest.raises(ValueError, match="L2BN_KERNELS='fast': choose one of auto, triton, aten"):
+        L2BN2d(3)(x)
+    monkeypatch.setenv("L2BN_KERNELS", "aten")
+    assert not fused.use_fused_kernels(x)
+    monkeypatch.setenv("L2BN_KERNELS", "auto")
+    assert fused.use_fused_kernels(x) == x.is_cuda
+    monkeypatch.setenv("L2BN_KERNELS", "triton")
+    assert not fused.use_fused_kernels(x.double())  # float64: the ATen path, the float64 reference
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="runs only under Triton's interpreter: set TRITON_INTERPRET=1"):
+        fused.use_fused_kernels(x)
+
+
+def test_compile_keeps_working_with_the_fused_path(fused_kernels):
+    """Under torch.compile the ATen path is traced (Inductor fuses it as before), eager runs the kernels."""
+    torch.manual_seed(5)
+    x = torch.randn(4, 3, 3, 3, device=DEVICE)
+    eager = L2BN2d(3).to(DEVICE)
+    compiled_layer = L2BN2d(3).to(DEVICE)
+    compiled = torch.compile(compiled_layer, fullgraph=True)
+    torch.testing.assert_close(compiled(x), eager(x), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(compiled_layer.running_var, eager.running_var, rtol=1e-5, atol=1e-6)
+    assert len(fused_kernels) == 1  # the eager call
