@@ -1,5 +1,8 @@
 """Forward+backward time and bytes saved for backward: L2BN2d vs the composite vs nn.BatchNorm2d.
 
+On CUDA, eager, ``L2BN2d`` is the fused Triton path (``L2BN_KERNELS=auto``) and ``L2BN2d aten`` the
+ATen path beside it; compiled, both are the ATen path as Inductor compiles it.
+
 Each repeat runs every variant once, in turn (interleaved), so drift in machine load hits all of
 them alike; the table reports medians and the ratio of each to BatchNorm2d in the same run.
 
@@ -20,10 +23,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from l2bn_lit import L2BN2d
+from l2bn_lit.nn.fused import use_kernels
 
 SHAPES = [(128, 16, 32, 32), (128, 64, 8, 8), (64, 64, 56, 56), (32, 256, 14, 14)]
 #: tensor work negligible: what remains is per-call overhead
 OVERHEAD_PROBE = (128, 64, 1, 2)
+
+
+class ATenL2BN2d(L2BN2d):
+    """L2BN2d forced onto the ATen path (``use_kernels("aten")``), to compare with the fused kernels."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with use_kernels("aten"):
+            return super().forward(x)
 
 
 class CompositeL2BN2d(nn.BatchNorm2d):
@@ -69,6 +81,8 @@ def bench_shape(shape, device, channels_last, compile_, repeats, warmup, dtype=t
         "L2BN2d": L2BN2d(shape[1]),
         "composite": CompositeL2BN2d(shape[1]),
     }
+    if torch.device(device).type == "cuda" and not compile_:
+        variants["L2BN2d aten"] = ATenL2BN2d(shape[1])
     variants = {k: v.to(device) for k, v in variants.items()}
     bytes_saved = {k: saved_bytes(v, x) for k, v in variants.items()}
     if compile_:  # dynamic shapes: one compilation per variant and layout serves every shape
@@ -136,17 +150,19 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for shape, group in table.groupby("shape", sort=False):
         by_norm = group.set_index("norm")
-        rows.append(
-            {
-                "shape": shape.replace(" CL", " channels_last"),
-                "BatchNorm2d ms": by_norm.at["BatchNorm2d", "median_ms"],
-                "L2BN2d ms": by_norm.at["L2BN2d", "median_ms"],
-                "L2BN2d/BN time": by_norm.at["L2BN2d", "time_vs_bn"],
-                "composite/BN time": by_norm.at["composite", "time_vs_bn"],
-                "L2BN2d/BN saved": by_norm.at["L2BN2d", "saved_vs_bn"],
-                "composite/BN saved": by_norm.at["composite", "saved_vs_bn"],
-            }
-        )
+        row = {
+            "shape": shape.replace(" CL", " channels_last"),
+            "BatchNorm2d ms": by_norm.at["BatchNorm2d", "median_ms"],
+            "L2BN2d ms": by_norm.at["L2BN2d", "median_ms"],
+            "L2BN2d/BN time": by_norm.at["L2BN2d", "time_vs_bn"],
+        }
+        if "L2BN2d aten" in by_norm.index:  # CUDA, eager: the fused kernels above, the ATen path here
+            row["L2BN2d aten/BN time"] = by_norm.at["L2BN2d aten", "time_vs_bn"]
+        rows.append(row | {
+            "composite/BN time": by_norm.at["composite", "time_vs_bn"],
+            "L2BN2d/BN saved": by_norm.at["L2BN2d", "saved_vs_bn"],
+            "composite/BN saved": by_norm.at["composite", "saved_vs_bn"],
+        })
     return pd.DataFrame(rows)
 
 

@@ -10,6 +10,7 @@ and the table reports medians and the L2BN/BN ratio from the same run.
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 
@@ -17,6 +18,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from l2bn_lit.nn.fused import KERNEL_CHOICES, kernel_choice
 from models import build_model
 
 
@@ -76,10 +78,15 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--amp", choices=["bfloat16", "float16"], help="autocast to this dtype (Lightning's *-mixed precision)")
+    parser.add_argument("--kernels", choices=KERNEL_CHOICES, default=None,
+                        help="L2BN's training path (default: L2BN_KERNELS, else auto: the fused kernels on CUDA)")
     args = parser.parse_args()
+    if args.kernels is not None:
+        os.environ["L2BN_KERNELS"] = args.kernels
     table = pd.DataFrame([bench(arch, args) for arch in args.archs])
     print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, batch {args.batch_size}, "
-          f"channels_last={args.channels_last}, compile={args.compile}, amp={args.amp}, {args.repeats} interleaved repeats (medians)")
+          f"channels_last={args.channels_last}, compile={args.compile}, amp={args.amp}, L2BN kernels={kernel_choice()}, "
+          f"{args.repeats} interleaved repeats (medians)")
     print(table.to_markdown(index=False))
 
 

@@ -171,6 +171,7 @@ def main() -> None:
     step = [py, "benchmarks/bench_train_step.py", *device, "--channels-last", *repeats[:2]]
     step += ["--archs", "resnet20"] if args.quick else []
     report.section(f"bench_train_step {args.device} channels_last float32", step, 60, keep=5)
+    report.section(f"bench_train_step {args.device} channels_last float32, L2BN on the ATen path", [*step, "--kernels", "aten"], 60, keep=5)
     if args.quick:
         print(f"[gpu_check] report: {report.path}")
         return

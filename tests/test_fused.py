@@ -219,3 +219,14 @@ def test_compile_keeps_working_with_the_fused_path(fused_kernels):
     torch.testing.assert_close(compiled(x), eager(x), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(compiled_layer.running_var, eager.running_var, rtol=1e-5, atol=1e-6)
     assert len(fused_kernels) == 1  # the eager call
+
+
+def test_use_kernels_overrides_the_variable_within_a_block(monkeypatch):
+    monkeypatch.setenv("L2BN_KERNELS", "triton")
+    x = torch.randn(4, 3, 2, 2)
+    with fused.use_kernels("aten"):
+        assert fused.kernel_choice() == "aten" and not fused.use_fused_kernels(x)
+    assert fused.kernel_choice() == "triton"
+    with pytest.raises(ValueError, match="use_kernels\\('cuda'\\): choose one of auto, triton, aten"):
+        with fused.use_kernels("cuda"):
+            pass

@@ -15,19 +15,24 @@ The environment variable ``L2BN_KERNELS`` chooses, read at every call:
   the CPU tests check them;
 * ``aten``: the ATen path everywhere.
 
+``with use_kernels("aten"): ...`` overrides the variable within a block (benchmarks compare the two
+paths in one process this way).
+
 Under ``torch.compile`` the ATen path is traced, so Inductor keeps fusing it as before.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import os
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor
 
-__all__ = ["KERNEL_CHOICES", "kernel_choice", "l2_batch_norm_train", "use_fused_kernels"]
+__all__ = ["KERNEL_CHOICES", "kernel_choice", "l2_batch_norm_train", "use_fused_kernels", "use_kernels"]
 
 KERNEL_CHOICES = ("auto", "triton", "aten")
 #: the operators' namespace: ``l2bn``, or its own for a copy of this file carried in another package
@@ -36,12 +41,30 @@ _NAMESPACE = "l2bn" if __name__.startswith("l2bn_lit.") else f"l2bn_{__name__.sp
 _FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
+_override: list[str] = []  # use_kernels' choices, innermost last
+
+
 def kernel_choice() -> str:
-    """The ``L2BN_KERNELS`` setting, checked."""
+    """The innermost :func:`use_kernels` choice, else the ``L2BN_KERNELS`` setting, checked."""
+    if _override:
+        return _override[-1]
     choice = os.environ.get("L2BN_KERNELS", "auto").strip().lower() or "auto"
     if choice not in KERNEL_CHOICES:
         raise ValueError(f"L2BN_KERNELS={choice!r}: choose one of {', '.join(KERNEL_CHOICES)}")
     return choice
+
+
+@contextlib.contextmanager
+def use_kernels(choice: str) -> Iterator[None]:
+    """Within the block, the training path is ``choice`` (``auto``, ``triton`` or ``aten``) whatever
+    ``L2BN_KERNELS`` says."""
+    if choice not in KERNEL_CHOICES:
+        raise ValueError(f"use_kernels({choice!r}): choose one of {', '.join(KERNEL_CHOICES)}")
+    _override.append(choice)
+    try:
+        yield
+    finally:
+        _override.pop()
 
 
 @functools.cache
