@@ -48,7 +48,7 @@ def test_nn_imports_only_torch_and_itself():
     torch's CUDA builds, only in the fused kernels' file, which fused.py imports on first use.)"""
     for path in (PACKAGE / "nn").glob("*.py"):
         allowed = ("l2bn_lit.nn", "torch", "__future__", "math", "typing", "collections", "itertools", "functools",
-                   "os", "importlib", "timm.", *(("triton",) if path.name == "triton_kernels.py" else ()))
+                   "os", "importlib", "contextlib", "timm.", *(("triton",) if path.name == "triton_kernels.py" else ()))
         outside = {n for n in _imports(path) if not n.startswith(allowed)}
         assert not outside, f"{path.name} imports {outside}"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import pytest
@@ -63,6 +64,47 @@ def test_sync_l2bn_on_two_half_batches_equals_l2bn_on_whole_batch(options):
         torch.testing.assert_close(rank_result[3], gb, rtol=1e-9, atol=1e-10)
         for name, value in buffers.items():
             torch.testing.assert_close(rank_result[4][name], value, rtol=1e-12, atol=1e-12)
+
+
+def _fused_sync_worker(rank: int, world_size: int):
+    """The fused kernels (under Triton's interpreter on the CPU) on float32 half batches."""
+    os.environ["L2BN_KERNELS"] = "triton"
+    from l2bn_lit.nn import fused
+
+    xs, grads = _data(torch.float32)
+    half = BATCH[0] // world_size
+    part = slice(rank * half, (rank + 1) * half)
+    layer = SyncL2BN(3)
+    with torch.no_grad():
+        layer.weight.copy_(torch.linspace(0.5, 1.5, 3))
+    used = fused.use_fused_kernels(xs[0])
+    out, in_grads, gw, gb, buffers = _train_steps(layer, [x[part] for x in xs], [g[part] for g in grads])
+    dist.all_reduce(gw)
+    dist.all_reduce(gb)
+    return out, in_grads, gw, gb, buffers, used
+
+
+@pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="needs Triton")
+def test_fused_sync_l2bn_on_two_half_batches_equals_the_float64_whole_batch():
+    results = run_distributed(_fused_sync_worker, 2, timeout=240)
+    assert all(r[5] for r in results)  # the fused path ran
+    xs, grads = _data(torch.float32)
+    whole = L2BN2d(3, dtype=torch.float64)
+    with torch.no_grad():
+        whole.weight.copy_(torch.linspace(0.5, 1.5, 3))
+    out, in_grads, gw, gb, buffers = _train_steps(whole, [x.double() for x in xs], [g.double() for g in grads])
+
+    def close(got, want):
+        assert ((got.double() - want).abs().max() / want.abs().max()).item() <= 2e-4
+
+    for step in range(3):
+        close(torch.cat([r[0][step] for r in results]), out[step])
+        close(torch.cat([r[1][step] for r in results]), in_grads[step])
+    for rank_result in results:
+        close(rank_result[2], gw)
+        close(rank_result[3], gb)
+        for name in ("running_mean", "running_var"):
+            close(rank_result[4][name], buffers[name])
 
 
 def test_sync_l2bn_without_process_group_is_l2bn():

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from .functional import _accumulation_dtype, _expand, _sample_scale, _to_finite, _update_running_stats
+from .fused import use_fused_kernels
 from .layers import _L2BNBase
 
 __all__ = ["SyncL2BN", "replace_modules", "transfer_norm_state"]
@@ -80,6 +81,68 @@ class _AllReduceSum(torch.autograd.Function):
         return grad, None
 
 
+class _FusedSyncTrain(torch.autograd.Function):
+    """SyncL2BN's training step on the fused kernels (:mod:`l2bn_lit.nn.triton_kernels`): the passes
+    over ``x`` and ``(grad, x)`` are the kernels' (moments, affine write; gradient sums, one write of
+    ``grad_x``), the per-channel sums are all-reduced: twice forward (the mean, then the centred
+    variance: no cancellation), once backward. Returns ``(y, mu, var, count)``: the output and the
+    batch statistics over all processes for the running ones."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, l2_eps: float, rescale: bool,
+                group: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        from . import triton_kernels as kernels
+
+        n, channels = x.shape[:2]
+        spatial = x[0, 0].numel()
+        m, v = kernels.moments(x)
+        sq_norm, s = kernels.sample_scale(m, v, spatial, l2_eps, rescale)
+        s = s[:, None]
+        sm = s * m  # (N, C) per-sample means of xh
+        local = torch.cat([sm.sum(0) * spatial, sm.new_full((1,), float(n * spatial))])
+        dist.all_reduce(local, group=group)
+        count = local[-1]
+        mu = local[:-1] / count
+        d = sm - mu
+        var = (s.square() * v + d.square()).sum(0) * spatial
+        dist.all_reduce(var, group=group)
+        var = var / count
+        invstd = (var + eps).rsqrt()
+        gain = invstd if weight is None else weight.float() * invstd
+        shift = gain * d if bias is None else gain * d + bias.float()
+        y = kernels.affine(x, m, s * gain, shift)
+        ctx.save_for_backward(x, weight, m, v, s, sq_norm, mu, invstd, count)
+        ctx.l2_eps, ctx.group = l2_eps, group
+        ctx.parameter_dtypes = (None if weight is None else weight.dtype, None if bias is None else bias.dtype)
+        total = count.clone()
+        ctx.mark_non_differentiable(mu, var, total)
+        return y, mu, var, total
+
+    @staticmethod
+    def backward(ctx, grad: Tensor, *_):
+        from . import triton_kernels as kernels
+
+        x, weight, m, v, s, sq_norm, mu, invstd, count = ctx.saved_tensors
+        channels, spatial = x.shape[1], x[0, 0].numel()
+        g_sum, g_xc = kernels.grad_sums(grad, x, m)
+        d = s * m - mu
+        local = torch.cat([g_sum.sum(0), (s * g_xc + d * g_sum).sum(0)])  # this process's grad_bias, grad_weight / invstd
+        total = local.clone()
+        dist.all_reduce(total, group=ctx.group)
+        grad_gain = total[channels:] * invstd
+        gain = invstd if weight is None else weight.float() * invstd
+        scaled = invstd * grad_gain / count
+        u = gain * scaled
+        wn = gain * (total[:channels] / count + d * scaled)
+        coefficients = kernels.input_grad_coefficients(g_sum, g_xc, m, v, s.squeeze(1), sq_norm, invstd, weight, u, wn, spatial, ctx.l2_eps)
+        grad_x = kernels.affine(x, m, coefficients[0], coefficients[1], grad, coefficients[2])
+        # the parameters' gradients of this process's samples, as SyncBatchNorm's: DDP reduces them
+        weight_dtype, bias_dtype = ctx.parameter_dtypes
+        grad_weight = (local[channels:] * invstd).to(weight_dtype) if weight_dtype is not None and ctx.needs_input_grad[1] else None
+        grad_bias = local[:channels].to(bias_dtype) if bias_dtype is not None and ctx.needs_input_grad[2] else None
+        return grad_x, grad_weight, grad_bias, None, None, None, None
+
+
 class SyncL2BN(_L2BNBase):
     """L2BN for distributed data parallel training: batch statistics over all processes.
 
@@ -123,7 +186,13 @@ class SyncL2BN(_L2BNBase):
     def _synced_forward(
         self, x: Tensor, running_mean: Tensor | None, running_var: Tensor | None, factor: float
     ) -> Tensor:
-        """Differentiable L2BN with statistics all-reduced over the process group."""
+        """Differentiable L2BN with statistics all-reduced over the process group (the fused kernels
+        where :func:`~l2bn_lit.nn.fused.use_fused_kernels` says so)."""
+        if use_fused_kernels(x):
+            y, mu, var, count = _FusedSyncTrain.apply(x, self.weight, self.bias, self.eps, self.l2_eps, self.rescale,
+                                                      self.process_group)
+            _update_running_stats(running_mean, running_var, mu, var, int(count.item()), factor)
+            return y
         acc = _accumulation_dtype(x.dtype)
         spatial = math.prod(x.shape[2:])
         dims = tuple(range(2, x.dim()))

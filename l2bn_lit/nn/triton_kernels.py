@@ -23,7 +23,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["train_backward", "train_forward"]
+__all__ = ["affine", "grad_sums", "input_grad_coefficients", "moments", "sample_scale", "train_backward", "train_forward"]
 
 
 @triton.jit
@@ -286,38 +286,92 @@ def _small_blocks(n: int, c: int) -> tuple[int, int]:
     return min(64, triton.next_power_of_2(n)), min(64, triton.next_power_of_2(c))
 
 
+def _row_block(c: int) -> int:
+    return min(1024, triton.next_power_of_2(c))
+
+
+def moments(x: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-(sample, channel) mean and biased variance of ``x`` ``(N, C, *)`` over its spatial dims:
+    two float32 ``(N, C)`` tensors, one read pass."""
+    n, c = x.shape[:2]
+    x3 = _as_ncs(x)
+    m, v = _f32(n, c, device=x.device), _f32(n, c, device=x.device)
+    block_c, block_s = _tiles(x3)
+    _moments_kernel[(n * triton.cdiv(c, block_c),)](x3, m, v, c, x3.shape[2], *x3.stride(), BLOCK_C=block_c, BLOCK_S=block_s)
+    return m, v
+
+
+def sample_scale(m: Tensor, v: Tensor, spatial: int, l2_eps: float, rescale: bool) -> tuple[Tensor, Tensor]:
+    """``(sq_norm, s)``, ``(N,)`` float32: each sample's squared l2 norm from its moments and its scale
+    ``k / max(norm, l2_eps)`` (``k = sqrt(C * S)`` with ``rescale``, else 1)."""
+    n, c = m.shape
+    sq_norm, s = _f32(n, device=m.device), _f32(n, device=m.device)
+    k = math.sqrt(c * spatial) if rescale else 1.0
+    _sample_scale_kernel[(n,)](m, v, sq_norm, s, c, spatial, k, 1.0 / l2_eps, l2_eps * l2_eps, BLOCK_C=_row_block(c))
+    return sq_norm, s
+
+
+def affine(x: Tensor, m: Tensor, a: Tensor, b: Tensor, grad: Tensor | None = None, coef_grad: Tensor | None = None) -> Tensor:
+    """``(x - m) * a + b`` (``+ coef_grad * grad``) with ``(N, C)`` float32 coefficients: one pass
+    writing a new tensor of ``x``'s shape, dtype and memory format."""
+    n, c = x.shape[:2]
+    x3 = _as_ncs(x)
+    out, out3 = _output_like(x)
+    g3 = _as_ncs(grad) if grad is not None else x3
+    block_c, block_s = _tiles(x3)
+    _affine_kernel[(n * triton.cdiv(c, block_c), triton.cdiv(x3.shape[2], block_s))](
+        x3, g3, out3, m, a, b, coef_grad if coef_grad is not None else a, c, x3.shape[2],
+        *x3.stride(), *g3.stride(), *out3.stride(), HAS_GRAD=grad is not None, BLOCK_C=block_c, BLOCK_S=block_s,
+    )
+    return out
+
+
+def grad_sums(grad: Tensor, x: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+    """Per-(sample, channel) ``sum(grad)`` and ``sum(grad * (x - m))``: float32 ``(N, C)``, one read pass."""
+    n, c = x.shape[:2]
+    x3, g3 = _as_ncs(x), _as_ncs(grad)
+    g_sum, g_xc = _f32(n, c, device=x.device), _f32(n, c, device=x.device)
+    block_c, block_s = _tiles(x3)
+    _grad_sums_kernel[(n * triton.cdiv(c, block_c),)](
+        g3, x3, m, g_sum, g_xc, c, x3.shape[2], *g3.stride(), *x3.stride(), BLOCK_C=block_c, BLOCK_S=block_s
+    )
+    return g_sum, g_xc
+
+
+def input_grad_coefficients(
+    g_sum: Tensor, g_xc: Tensor, m: Tensor, v: Tensor, s: Tensor, sq_norm: Tensor, invstd: Tensor,
+    weight: Tensor | None, u: Tensor, wn: Tensor, spatial: int, l2_eps: float,
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(coef_x, const, coef_grad)``, float32 ``(N, C)``: ``grad_x = coef_x * (x - m) + const +
+    coef_grad * grad``, from batch norm's backward terms ``u`` ``(C,)`` and ``wn`` ``(N, C)`` and the
+    per-sample radial term of the l2 step."""
+    n, c = m.shape
+    coef_x, const, coef_grad = (_f32(n, c, device=m.device) for _ in range(3))
+    _sample_backward_kernel[(n,)](
+        g_sum, g_xc, m, v, s, sq_norm, invstd, weight if weight is not None else u, u, wn, coef_x, const, coef_grad,
+        c, spatial, l2_eps * l2_eps, HAS_WEIGHT=weight is not None, BLOCK_C=_row_block(c),
+    )
+    return coef_x, const, coef_grad
+
+
 def train_forward(
     x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, l2_eps: float, rescale: bool
 ) -> tuple[Tensor, ...]:
     """``(y, m, v, s, sq_norm, mu, var, invstd)``: the output, the batch statistics and what the
     backward needs (float32)."""
     n, c = x.shape[:2]
-    x3 = _as_ncs(x)
-    spatial = x3.shape[2]
-    y, y3 = _output_like(x)
-    device = x.device
-    m, v, a, shift = (_f32(n, c, device=device) for _ in range(4))
-    sq_norm, s = _f32(n, device=device), _f32(n, device=device)
-    mu, var, invstd = (_f32(c, device=device) for _ in range(3))
-    block_c, block_s = _tiles(x3)
-    grid = (n * triton.cdiv(c, block_c),)
-    _moments_kernel[grid](x3, m, v, c, spatial, *x3.stride(), BLOCK_C=block_c, BLOCK_S=block_s)
-    k = math.sqrt(c * spatial) if rescale else 1.0
-    _sample_scale_kernel[(n,)](
-        m, v, sq_norm, s, c, spatial, k, 1.0 / l2_eps, l2_eps * l2_eps, BLOCK_C=min(1024, triton.next_power_of_2(c))
-    )
-    block_n, block_cc = _small_blocks(n, c)
-    dummy = m  # stands for an absent optional tensor (its flag is off)
-    _channel_forward_kernel[(triton.cdiv(c, block_cc),)](
-        m, v, s, weight if weight is not None else dummy, bias if bias is not None else dummy,
+    spatial = x[0, 0].numel()
+    m, v = moments(x)
+    sq_norm, s = sample_scale(m, v, spatial, l2_eps, rescale)
+    a, shift = _f32(n, c, device=x.device), _f32(n, c, device=x.device)
+    mu, var, invstd = (_f32(c, device=x.device) for _ in range(3))
+    block_n, block_c = _small_blocks(n, c)
+    _channel_forward_kernel[(triton.cdiv(c, block_c),)](
+        m, v, s, weight if weight is not None else m, bias if bias is not None else m,  # m: an absent tensor's stand-in
         a, shift, mu, var, invstd, n, c, eps,
-        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_C=block_cc,
+        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_C=block_c,
     )
-    _affine_kernel[(n * triton.cdiv(c, block_c), triton.cdiv(spatial, block_s))](
-        x3, x3, y3, m, a, shift, a, c, spatial, *x3.stride(), *x3.stride(), *y3.stride(),
-        HAS_GRAD=False, BLOCK_C=block_c, BLOCK_S=block_s,
-    )
-    return y, m, v, s, sq_norm, mu, var, invstd
+    return affine(x, m, a, shift), m, v, s, sq_norm, mu, var, invstd
 
 
 def train_backward(
@@ -326,28 +380,14 @@ def train_backward(
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(grad_x, grad_weight, grad_bias)``; the parameter gradients in float32, ``(C,)``."""
     n, c = x.shape[:2]
-    x3, g3 = _as_ncs(x), _as_ncs(grad)
-    spatial = x3.shape[2]
-    grad_x, dx3 = _output_like(x)
-    work = _f32(6, n, c, device=x.device)  # scratch: views of one buffer
-    g_sum, g_xc, wn, coef_x, const, coef_g = work.unbind(0)
+    spatial = x[0, 0].numel()
+    g_sum, g_xc = grad_sums(grad, x, m)
     grad_weight, grad_bias, u = (_f32(c, device=x.device) for _ in range(3))
-    block_c, block_s = _tiles(x3)
-    _grad_sums_kernel[(n * triton.cdiv(c, block_c),)](
-        g3, x3, m, g_sum, g_xc, c, spatial, *g3.stride(), *x3.stride(), BLOCK_C=block_c, BLOCK_S=block_s
+    wn = _f32(n, c, device=x.device)
+    block_n, block_c = _small_blocks(n, c)
+    _channel_backward_kernel[(triton.cdiv(c, block_c),)](
+        g_sum, g_xc, m, s, mu, invstd, weight if weight is not None else u, grad_weight, grad_bias, u, wn,
+        n, c, float(n * spatial), HAS_WEIGHT=weight is not None, BLOCK_N=block_n, BLOCK_C=block_c,
     )
-    block_n, block_cc = _small_blocks(n, c)
-    dummy = work
-    _channel_backward_kernel[(triton.cdiv(c, block_cc),)](
-        g_sum, g_xc, m, s, mu, invstd, weight if weight is not None else dummy, grad_weight, grad_bias, u, wn,
-        n, c, float(n * spatial), HAS_WEIGHT=weight is not None, BLOCK_N=block_n, BLOCK_C=block_cc,
-    )
-    _sample_backward_kernel[(n,)](
-        g_sum, g_xc, m, v, s, sq_norm, invstd, weight if weight is not None else dummy, u, wn, coef_x, const, coef_g,
-        c, spatial, l2_eps * l2_eps, HAS_WEIGHT=weight is not None, BLOCK_C=min(1024, triton.next_power_of_2(c)),
-    )
-    _affine_kernel[(n * triton.cdiv(c, block_c), triton.cdiv(spatial, block_s))](
-        x3, g3, dx3, m, coef_x, const, coef_g, c, spatial, *x3.stride(), *g3.stride(), *dx3.stride(),
-        HAS_GRAD=True, BLOCK_C=block_c, BLOCK_S=block_s,
-    )
-    return grad_x, grad_weight, grad_bias
+    coef_x, const, coef_grad = input_grad_coefficients(g_sum, g_xc, m, v, s, sq_norm, invstd, weight, u, wn, spatial, l2_eps)
+    return affine(x, m, coef_x, const, grad, coef_grad), grad_weight, grad_bias
