@@ -315,7 +315,7 @@ class TAUScenesDataModule(ClassificationDataModule):
         model = self.trainer.lightning_module if self.trainer is not None else None
         if model is None or not hasattr(model, "frontend_settings"):
             raise RuntimeError(
-                "data option feature_cache needs a model with a log-mel front-end (models.AudioSceneClassifier) "
+                "data option feature_cache needs a model with a log-mel front-end (l2bn_lit.lit.AudioSceneClassifier) "
                 "attached through a Trainer; set feature_cache to null to extract on the fly"
             )
         settings = dict(model.frontend_settings)

@@ -36,10 +36,10 @@ import torch
 from torch import nn
 
 from models.audio import build_audio_model
-from models.audio_classifier import AudioSceneClassifier
 
 from .complexity import DCASE_LIMITS, count_network
 from .evaluate import load_module, parse_device_model
+from .lit.audio import AudioSceneClassifier
 from .vendor import vendor_network_code
 
 __all__ = ["build_package", "main", "submission_spec"]

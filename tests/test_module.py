@@ -120,7 +120,7 @@ def test_print_config_prints_the_resolved_config(capsys):
         main(["fit", "--config", QUICKSTART, "--model.init_args.norm", "bn", "--print_config"])
     assert exit_info.value.code in (0, None)
     printed = capsys.readouterr().out
-    assert "norm: bn" in printed and "class_path: models.ImageClassifier" in printed
+    assert "norm: bn" in printed and "class_path: l2bn_lit.lit.ImageClassifier" in printed
     assert "num_classes" not in printed  # linked from the datamodule, never typed
 
 

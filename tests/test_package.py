@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "l2bn_lit"
@@ -78,3 +79,40 @@ def test_console_script_is_installed():
         pytest.skip("the l2bn console script is installed by pip install -e .")
     out = subprocess.run([script, "--help"], capture_output=True, text=True, timeout=120).stdout
     assert "l2bn sweep" in out
+
+
+def test_models_load_without_lightning_and_the_old_class_paths_resolve():
+    """``models`` is the network layer (no Lightning, no data, no commands); ``models.ImageClassifier``
+    and ``models.AudioSceneClassifier``, the class paths configs and checkpoints held before the
+    LightningModules moved to ``l2bn_lit.lit``, still name them."""
+    result = _run(
+        "import sys, models, models.frontend, models.audio_augment, models.heads, models.cp_mobile\n"
+        "from models import build_model, build_audio_model\n"
+        "build_model('resnet20', num_classes=10, norm='l2bn'); build_audio_model('cp_mobile', 10)\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('pytorch_lightning', 'lightning', 'lightning_fabric',\n"
+        "             'torchmetrics', 'matplotlib', 'datamodules') or m.startswith('l2bn_lit.') and not\n"
+        "             m.startswith(('l2bn_lit.nn', 'l2bn_lit.serialization')))\n"
+        "print(bad); assert not bad\n"
+        "from models import ImageClassifier, AudioSceneClassifier\n"
+        "import l2bn_lit.lit as lit\n"
+        "assert ImageClassifier is lit.ImageClassifier and AudioSceneClassifier is lit.AudioSceneClassifier\n"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_checkpoint_naming_the_old_class_path_loads(tmp_path):
+    """A run's checkpoint whose saved class path is the pre-move ``models.ImageClassifier`` (what the
+    code before the move wrote) is loaded by ``l2bn evaluate``'s loader as the image classifier."""
+    from l2bn_lit.cli import main as cli_main
+    from l2bn_lit.evaluate import load_module
+    from l2bn_lit.lit import ImageClassifier
+    from l2bn_lit.module import ClassificationModule
+
+    cli_main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--model.class_path", "models.ImageClassifier",
+              "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
+              "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)])
+    checkpoint = next(tmp_path.rglob("last.ckpt"))
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["hyper_parameters"]["_class_path"] == "models.ImageClassifier"
+    model = load_module(checkpoint, {}, ClassificationModule)
+    assert type(model) is ImageClassifier and model.hparams.norm == "l2bn"

@@ -21,7 +21,7 @@ from l2bn_lit.evaluate import main as evaluate
 from l2bn_lit.package import PackageError, submission_spec
 from l2bn_lit.package import main as package
 from l2bn_lit.serialization import load_checkpoint
-from models.audio_classifier import AudioSceneClassifier
+from l2bn_lit.lit.audio import AudioSceneClassifier
 from tau_lists import write_2025_eval_list
 
 ROOT = Path(__file__).resolve().parents[1]

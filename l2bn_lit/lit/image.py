@@ -9,9 +9,9 @@ from typing import Any
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
-from l2bn_lit.module import ClassificationModule
+from models.registry import build_model
 
-from .registry import build_model
+from ..module import ClassificationModule
 
 __all__ = ["ImageClassifier"]
 

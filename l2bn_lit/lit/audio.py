@@ -9,12 +9,12 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from l2bn_lit.dcase import dcase_report, write_submission
-from l2bn_lit.module import ClassificationModule, run_folder
+from models.audio import LogMelClassifier, build_audio_model
+from models.audio_augment import FreqMixStyle, SpecAugment, TimeRoll, WaveRoll
+from models.frontend import LogMel
 
-from .audio import LogMelClassifier, build_audio_model
-from .audio_augment import FreqMixStyle, SpecAugment, TimeRoll, WaveRoll
-from .frontend import LogMel
+from ..dcase import dcase_report, write_submission
+from ..module import ClassificationModule, run_folder
 
 __all__ = ["AudioSceneClassifier"]
 
