@@ -116,3 +116,15 @@ def test_a_checkpoint_naming_the_old_class_path_loads(tmp_path):
     assert saved["hyper_parameters"]["_class_path"] == "models.ImageClassifier"
     model = load_module(checkpoint, {}, ClassificationModule)
     assert type(model) is ImageClassifier and model.hparams.norm == "l2bn"
+
+
+def test_the_network_files_import_only_the_network_stack():
+    """The layer contract over the import graph: ``models/`` imports torch, torchvision, torchaudio,
+    timm, numpy, soundfile, the standard library, the layer family and the weights-only loader; never
+    Lightning, the data modules, the LightningModules or a command."""
+    allowed = ("torch", "torchvision", "torchaudio", "timm", "numpy", "soundfile", "models", "l2bn_lit.nn",
+               "l2bn_lit.serialization")
+    for path in sorted((ROOT / "models").glob("*.py")):
+        outside = {name for name in _imports(path)
+                   if name.split(".")[0] not in sys.stdlib_module_names and name != "l2bn_lit" and not name.startswith(allowed)}
+        assert not outside, f"models/{path.name} imports {sorted(outside)}"

@@ -293,6 +293,18 @@ def l2_batch_norm(
 
     Returns:
         A tensor of ``input``'s shape and dtype.
+
+    Examples::
+
+        >>> import torch
+        >>> import torch.nn.functional as F
+        >>> from l2bn_lit import l2_batch_norm
+        >>> x = torch.randn(8, 4, 5, 5)
+        >>> mean, var = torch.zeros(4), torch.ones(4)
+        >>> y = l2_batch_norm(x, mean, var, training=True)  # updates mean and var in place
+        >>> reference = F.batch_norm(F.normalize(x.flatten(1)).view_as(x), None, None, training=True)
+        >>> torch.allclose(y, reference, atol=1e-5)
+        True
     """
     if input.dim() < 2:
         raise ValueError(f"l2_batch_norm expects an input of shape (N, C, *), got shape {tuple(input.shape)}")

@@ -122,22 +122,74 @@ class _L2BNBase(_BatchNorm):
         )
 
 
+_LAYER_DOC = r"""L2BN over a {rank}D input {shape}: each sample's whole feature vector (every dimension but
+the batch one) is l2-normalized, then batch normalization is applied per channel, as described in
+"L2BN: Enhancing Batch Normalization by Equalizing the L2 Norms of Features" (Wang et al.,
+arXiv 2207.02625).
+
+.. math::
+
+    \hat{{x}}_n = k \frac{{x_n}}{{\max(\lVert x_n \rVert_2, \epsilon_{{l2}})}}, \qquad
+    y = \frac{{\hat{{x}} - \mathrm{{E}}[\hat{{x}}]}}{{\sqrt{{\mathrm{{Var}}[\hat{{x}}] + \epsilon}}}} * \gamma + \beta
+
+with :math:`k = \sqrt{{D}}` (``rescale=True``, :math:`D` the number of values per sample) or 1. The
+mean and biased variance of :math:`\hat{{x}}` are taken per channel over {over}; :math:`\gamma`
+and :math:`\beta` are learnable ``(C,)`` vectors (``affine``). Running estimates (the unbiased
+variance) are kept as :class:`torch.nn.{bn}` keeps them and used in eval mode; the per-sample norm is
+computed in eval mode too, so the layer cannot be folded into a neighbouring convolution. Adds no
+parameters or buffers to {bn}'s: its state dict is {bn}'s. Statistics accumulate in float32 (float64 for
+float64 inputs).
+
+Args:
+    num_features: :math:`C`, the number of channels.
+    eps: added to the variance for numerical stability. Default: 1e-5
+    momentum: weight of the batch statistics in the running estimates; ``None``: a cumulative
+        average. Default: 0.1
+    affine: learnable :math:`\gamma` and :math:`\beta`. Default: ``True``
+    track_running_stats: keep running estimates (else batch statistics in eval mode too). Default: ``True``
+    l2_eps: lower bound on each sample's l2 norm (as :func:`torch.nn.functional.normalize`'s ``eps``).
+        Default: 1e-12
+    rescale: multiply the l2-normalized sample by :math:`\sqrt{{D}}` (unit RMS instead of unit norm),
+        which keeps ``eps`` from dominating the variance of large feature maps. Default: ``False``
+    device, dtype: of the parameters and buffers.
+
+Shape:
+    - Input: {shape}
+    - Output: {shape} (same shape, dtype and memory format as the input)
+
+Examples::
+
+    >>> import torch
+    >>> from l2bn_lit import {name}
+    >>> m = {name}({channels})
+    >>> x = torch.randn({example})
+    >>> y = m(x)
+    >>> y.shape
+    torch.Size([{example}])
+    >>> bool(y.mean(dim={dims}).abs().max() < 1e-5)  # every channel centred over the batch
+    True
+    >>> m.eval()(x).shape  # running statistics, per-sample norm still applied
+    torch.Size([{example}])
+"""
+
+
 class L2BN1d(_L2BNBase):
-    """L2BN over a 2D ``(N, C)`` or 3D ``(N, C, L)`` input; the per-sample norm covers all of
-    ``C`` (and ``L``). Output: same shape."""
+    __doc__ = _LAYER_DOC.format(rank="2D or 3", shape=":math:`(N, C)` or :math:`(N, C, L)`", over=":math:`(N)` or :math:`(N, L)`",
+                                bn="BatchNorm1d", name="L2BN1d", channels=4, example="8, 4, 5", dims="(0, 2)")
 
     _ranks = (2, 3)
 
 
 class L2BN2d(_L2BNBase):
-    """L2BN over a 4D ``(N, C, H, W)`` input: each sample's ``C*H*W`` features are l2-normalized,
-    then batch-normalized per channel over ``(N, H, W)``. Output: same shape."""
+    __doc__ = _LAYER_DOC.format(rank="4", shape=":math:`(N, C, H, W)`", over=":math:`(N, H, W)`", bn="BatchNorm2d",
+                                name="L2BN2d", channels=16, example="8, 16, 4, 4", dims="(0, 2, 3)")
 
     _ranks = (4,)
 
 
 class L2BN3d(_L2BNBase):
-    """L2BN over a 5D ``(N, C, D, H, W)`` input. Output: same shape."""
+    __doc__ = _LAYER_DOC.format(rank="5", shape=":math:`(N, C, D, H, W)`", over=":math:`(N, D, H, W)`", bn="BatchNorm3d",
+                                name="L2BN3d", channels=3, example="4, 3, 2, 3, 3", dims="(0, 2, 3, 4)")
 
     _ranks = (5,)
 
@@ -154,6 +206,19 @@ class L2BNAct2d(L2BN2d):
         num_features, **kwargs: :class:`L2BN2d`'s arguments.
         act: the activation module (default: identity).
         drop: the module between norm and activation (default: identity).
+
+    Shape:
+        - Input: :math:`(N, C, H, W)`
+        - Output: same shape
+
+    Examples::
+
+        >>> import torch
+        >>> from l2bn_lit import L2BNAct2d
+        >>> m = L2BNAct2d(16, act=torch.nn.ReLU())
+        >>> y = m(torch.randn(8, 16, 4, 4))
+        >>> bool((y >= 0).all())
+        True
     """
 
     def __init__(self, num_features: int, act: torch.nn.Module | None = None, drop: torch.nn.Module | None = None, **kwargs: Any) -> None:

@@ -107,8 +107,23 @@ def convert_norm(model: nn.Module, kind: str, **options) -> nn.Module:
 
     Reaches models that hard-code ``nn.BatchNorm2d`` (torchvision's shufflenet_v2, vgg*_bn).
 
+    Args:
+        model: any module (a torchvision or timm model, or a single norm layer).
+        kind: ``"l2bn"`` (batch norms -> L2BN) or ``"bn"`` (L2BN -> batch norms).
+        **options: L2BN's own options for the converted layers (``l2_eps``, ``rescale``).
+
     Returns:
         The converted model (the same object unless ``model`` itself is a norm layer).
+
+    Examples::
+
+        >>> import torchvision
+        >>> from l2bn_lit import convert_norm
+        >>> model = convert_norm(torchvision.models.resnet18(), "l2bn")
+        >>> type(model.bn1).__name__, type(model.layer1[0].bn2).__name__
+        ('L2BN2d', 'L2BN2d')
+        >>> type(convert_norm(model, "bn").bn1).__name__  # and back, the same parameters
+        'BatchNorm2d'
     """
     if kind not in ("l2bn", "bn"):
         raise ValueError(f"convert_norm converts between 'bn' and 'l2bn', got {kind!r}")

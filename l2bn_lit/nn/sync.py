@@ -144,12 +144,36 @@ class _FusedSyncTrain(torch.autograd.Function):
 
 
 class SyncL2BN(_L2BNBase):
-    """L2BN for distributed data parallel training: batch statistics over all processes.
+    """L2BN for distributed data parallel training: the batch statistics of the l2-normalized input
+    over all processes of ``process_group``, as :class:`torch.nn.SyncBatchNorm` for batch norm.
 
-    Accepts any input ``(N, C, *)``. Outside training, without an initialized process group, or
-    with a world of one process it behaves exactly as :class:`l2bn_lit.L2BN2d` (of matching rank).
+    Each process l2-normalizes its own samples (the norm is per sample), then the channel mean and
+    variance are reduced over the group (the mean first, then the centred variance). Outside
+    training, without an initialized process group, or with a world of one process it behaves
+    exactly as :class:`l2bn_lit.L2BN2d` (of matching rank). On CUDA its passes over the input run
+    the fused kernels (``L2BN_KERNELS``, :mod:`l2bn_lit.nn.fused`). The parameters' gradients are each
+    process's own, as SyncBatchNorm's: DDP reduces them.
 
-    Args: as :class:`l2bn_lit.L2BN2d`, plus ``process_group`` (default: the whole world).
+    Args:
+        num_features, eps, momentum, affine, track_running_stats, l2_eps, rescale, device, dtype:
+            as :class:`l2bn_lit.L2BN2d`.
+        process_group: the group to reduce over. Default: ``None`` (the whole world)
+
+    Shape:
+        - Input: :math:`(N, C, *)`
+        - Output: same shape
+
+    Examples::
+
+        >>> import torch
+        >>> from l2bn_lit import L2BN2d, SyncL2BN
+        >>> sync = SyncL2BN(8)  # no process group here: L2BN2d's result
+        >>> x = torch.randn(4, 8, 3, 3)
+        >>> torch.allclose(sync(x), L2BN2d(8)(x), atol=1e-6)
+        True
+        >>> model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), L2BN2d(8))
+        >>> type(SyncL2BN.convert_sync_batchnorm(model)[1]).__name__  # for DDP, as SyncBatchNorm's
+        'SyncL2BN'
     """
 
     def __init__(
