@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -65,14 +65,20 @@ def scan_runs(folder: str | Path, metrics: str | Sequence[str] = "test/acc") -> 
             pd.DataFrame(incomplete, columns=[*columns, "reason", "last epoch", "last.ckpt"]))
 
 
-def collect_runs(folder: str | Path, metrics: str | Sequence[str] = "test/acc") -> pd.DataFrame:
+def collect_runs(
+    folder: str | Path, metrics: str | Sequence[str] = "test/acc", only: Callable[[str], bool] | None = None
+) -> pd.DataFrame:
     """One row per run under ``folder``: run folder, norm, seed and the last logged value of each metric.
+    ``only``: consider just the runs whose folder (relative to ``folder``) it accepts.
 
     Raises:
         FileNotFoundError: there is no run under ``folder``.
         ValueError: a run is incomplete (:func:`scan_runs` lists such runs without raising).
     """
     finished, incomplete = scan_runs(folder, metrics)
+    if only is not None:
+        finished = finished[[only(run) for run in finished["run"]]]
+        incomplete = incomplete[[only(run) for run in incomplete["run"]]]
     if len(incomplete):
         first = incomplete.iloc[0]
         raise ValueError(f"run {Path(folder) / first['run']} {first['reason']}; {len(incomplete)} incomplete run(s) in all")

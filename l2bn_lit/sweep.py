@@ -223,7 +223,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     if args.dry_run:
         return pd.DataFrame()
     _run_all(pending, out, max(1, args.parallel))
-    runs = collect_runs(out, args.metrics)
+    # this sweep's runs only: an interrupted run of another seed in the same folder is not one of them
+    requested = {(run_folder_name(norm), f"seed{seed}") for norm in args.norms for seed in args.seeds}
+    runs = collect_runs(out, args.metrics, only=lambda run: tuple(Path(run).parts[:2]) in requested)
     arms = {run_folder_name(norm): norm for norm in args.norms}  # by folder: a config's own norm_options stay out of the label
     runs["norm"] = [arms.get(Path(run).parts[0]) for run in runs["run"]]
     runs = runs[runs["norm"].notna() & runs["seed"].isin(args.seeds)].sort_values(["norm", "seed"])

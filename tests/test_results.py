@@ -59,3 +59,14 @@ def test_results_reports_finished_runs_and_lists_interrupted_ones_apart(tmp_path
     out = capsys.readouterr().out
     table, rest = out.split("2 incomplete run(s)")
     assert "0.85" in table and "l2bn_1" not in table and "l2bn_1" in rest and "bn_1" in rest
+
+
+def test_only_restricts_the_runs_considered(tmp_path):
+    """A sweep over seed 0 is not stopped by an interrupted seed-1 run in the same folder (the sweep
+    passes ``only``); the interrupted run is still an error for whoever asks for it."""
+    _run(tmp_path / "bn" / "seed0", "bn", 0, 0.80)
+    _run(tmp_path / "bn" / "seed1", "bn", 1, None)
+    runs = collect_runs(tmp_path, only=lambda run: run.endswith("seed0"))
+    assert runs["run"].tolist() == ["bn/seed0"]
+    with pytest.raises(ValueError, match="bn/seed1 logged no 'test/acc'"):
+        collect_runs(tmp_path, only=lambda run: run.endswith("seed1"))
