@@ -193,15 +193,20 @@ def measure_package(out: Path, name: str, index: int, devices: tuple[str, ...] =
 def complexity_table(spec: dict[str, Any], measured: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """Per device: the challenge's figures plus L2BN's per-sample norm cost and the limits' verdict
     on their sum; torchinfo's MACs are checked against the project's own count of the same network."""
+    counts: dict[str, tuple[int, int, int]] = {}  # per network, counted once (most devices share the general one)
     table = {}
     for device, row in measured.items():
-        entry = spec["models"][device if device in spec["models"] else GENERAL]
-        network: nn.Module = build_audio_model(entry["arch"], len(spec["class_order"]), entry["norm"], entry["norm_options"], entry["arch_options"])
-        macs, _, values = count_network(network, row["input_shape"][1:])
+        name = device if device in spec["models"] else GENERAL
+        if name not in counts:
+            entry = spec["models"][name]
+            network: nn.Module = build_audio_model(entry["arch"], len(spec["class_order"]), entry["norm"], entry["norm_options"],
+                                                   entry["arch_options"])
+            counts[name] = count_network(network, row["input_shape"][1:])
+        macs, _, values = counts[name]
         if macs != row["MACs"]:
             raise PackageError(f"device {device}: the package's network counts {row['MACs']:,} MACs, the project's {macs:,}")
         total = row["MACs"] + 2 * values
-        table[device] = {**row, "model": GENERAL if device not in spec["models"] else device, "l2bn_inference_macs": 2 * values,
+        table[device] = {**row, "model": name, "l2bn_inference_macs": 2 * values,
                          "macs_for_limits": total,
                          "within_limits": row["Params"] <= DCASE_LIMITS["parameter_memory_bytes"] and total <= DCASE_LIMITS["macs"]}
     return table
