@@ -1,6 +1,6 @@
 """Command line of l2bn-lit: ``python cli.py {fit,validate,test,predict} --config configs/<x>.yaml``."""
 
-from l2bn_lit.cli import main
+from l2bn_lit.lit.cli import main
 from l2bn_lit.errors import run_main
 
 if __name__ == "__main__":

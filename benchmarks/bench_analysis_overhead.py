@@ -1,7 +1,7 @@
 """Cost of the analysis callbacks at their default frequency, as a share of an epoch.
 
 One-epoch Lightning fits (training + validation) of a CIFAR model on random CIFAR-shaped data,
-alternately without and with the three callbacks of :mod:`l2bn_lit.analysis`
+alternately without and with the three callbacks of :mod:`l2bn_lit.lit.callbacks`
 (FeatureNormMonitor and GradientNormMonitor every 50 steps, PenultimateGeometry every epoch).
 Reported: median epoch time (training + validation, timed by a callback) of each arm and their
 ratio, and the median one-time cost at the end of fit (the CSV and PNG files).
@@ -22,7 +22,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from l2bn_lit.analysis import FeatureNormMonitor, GradientNormMonitor, PenultimateGeometry
+from l2bn_lit.lit.callbacks import FeatureNormMonitor, GradientNormMonitor, PenultimateGeometry
 from models import ImageClassifier
 
 

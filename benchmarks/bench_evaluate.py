@@ -1,4 +1,4 @@
-"""Evaluating N checkpoints at once (``python -m l2bn_lit.evaluate``) against N separate ``test`` runs.
+"""Evaluating N checkpoints at once (``l2bn evaluate``) against N separate ``test`` runs.
 
 Writes a synthetic TAU-layout set (1-s clips at 44.1 kHz by default), trains N short runs of
 ``configs/quickstart_dcase.yaml`` at that rate (alternating BN and L2BN), then times, ``--repeats``
@@ -22,8 +22,8 @@ import pandas as pd
 import torch
 
 from datamodules import write_synthetic_tau
-from l2bn_lit.cli import main as cli_main
-from l2bn_lit.evaluate import main as evaluate_main
+from l2bn_lit.lit.cli import main as cli_main
+from l2bn_lit.commands.evaluate import main as evaluate_main
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart_dcase.yaml")
 

@@ -10,7 +10,7 @@ the machine lacks (jsonargparse for LightningCLI, soundfile) are named and insta
 ``--wheels`` (a folder of wheels, ``pip install --no-index --target``) when given.
 
 CIFAR-10 comparison: ``configs/cifar10jpeg_resnet20_gpu.yaml`` (ResNet-20, batch 512, one-cycle,
-channels_last, on_device) through ``l2bn_lit.sweep`` with ``--seeds`` per arm, ``--parallel`` runs
+channels_last, on_device) through ``l2bn sweep`` with ``--seeds`` per arm, ``--parallel`` runs
 sharing the GPU; ``--data`` is the folder-per-class JPEG copy (``{train,test}/<class>/*.jpg``) or
 its ``.tar.gz``. Without ``--data`` (or with ``--quick``) a small synthetic JPEG set stands in.
 """
@@ -156,13 +156,13 @@ def main() -> None:
     ImageFolderDataModule(str(folder), test_split="test", image_size=32, transforms="cifar", on_device=True).prepare_data()
     report.add([f"Image data: {folder} (decoded into the uint8 cache in {time.perf_counter() - decode_start:.1f} s)", ""])
     epochs, seeds = (1, 2) if args.quick else (args.epochs, args.seeds)
-    sweep = [py, "-m", "l2bn_lit.sweep", "--config", "configs/cifar10jpeg_resnet20_gpu.yaml", "--norms", "bn", "l2bn",
+    sweep = [py, "-m", "l2bn_lit", "sweep", "--config", "configs/cifar10jpeg_resnet20_gpu.yaml", "--norms", "bn", "l2bn",
              "--seeds", *map(str, range(seeds)), "--out", str(work / "cifar10_sweep"), "--parallel", str(args.parallel), "--",
              "--data.init_args.root", str(folder), "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar", "false",
              "--trainer.accelerator", "gpu" if args.device == "cuda" else "cpu"]
     if args.quick:
         sweep += ["--data.init_args.batch_size", "64"]
-    report.section(f"CIFAR-10 ResNet-20, BN vs L2BN, {seeds} seeds, {epochs} epochs (l2bn_lit.sweep)", sweep, 300, keep=45)
+    report.section(f"CIFAR-10 ResNet-20, BN vs L2BN, {seeds} seeds, {epochs} epochs (l2bn sweep)", sweep, 300, keep=45)
 
     dtypes = ["float32"] if args.quick else ["float32", "bfloat16"]  # --quick: the script's path, not figures
     for dtype in dtypes:

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor, nn
 
 from l2bn_lit import L2BN2d
-from l2bn_lit.cli import main
+from l2bn_lit.lit.cli import main
 
 
 def layer_stats(model: nn.Module, batch: Tensor) -> pd.DataFrame:

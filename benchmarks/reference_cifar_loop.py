@@ -35,7 +35,7 @@ from torchvision.transforms import v2
 
 from l2bn_lit.nn import get_norm_layer
 from l2bn_lit.nn.init import initialize
-from l2bn_lit.sweep import paired_differences
+from l2bn_lit.reports.stats import paired_differences
 from models.cifar_resnet import resnet20
 
 MEAN = (0.4914, 0.4822, 0.4465)

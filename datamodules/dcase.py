@@ -31,7 +31,8 @@ from torch.utils.data import Dataset
 from models.frontend import fit_length, read_audio
 
 from .base import ClassificationDataModule
-from .feature_cache import CachedFeatureDataset, build_feature_cache, feature_cache_path
+from .cache_files import keyed_cache_path
+from .feature_cache import CachedFeatureDataset, build_feature_cache
 from .tau_check import TAU_SCENES, truncated_wavs
 from .tau_download import dataset_specs
 from .tau_download import download as download_dataset
@@ -325,7 +326,7 @@ class TAUScenesDataModule(ClassificationDataModule):
 
     def _cache_path(self, clips: AudioClipDataset, list_path: str) -> Path:
         _, settings = self._frontend()
-        return feature_cache_path(self.feature_cache, list_path, settings, clips.root, clips.files)
+        return keyed_cache_path(self.feature_cache, list_path, settings, clips.root, clips.files)
 
     def _cached(self, clips: AudioClipDataset, list_path: str) -> Dataset:
         if self.feature_cache is None:

@@ -34,7 +34,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .feature_cache import feature_cache_path
+from .cache_files import keyed_cache_path
 
 __all__ = [
     "PADDING_MODES",
@@ -245,7 +245,7 @@ def decode_images(
 
 def image_cache(folder: Path, split: str, root: Path, files: list[str], size: int, load: Callable[[str], Image.Image]) -> Path:
     """The cache file of ``files`` (relative to ``root``); built by decoding them with ``load`` when missing."""
-    path = feature_cache_path(folder, split, {"kind": "uint8 RGB (N, 3, H, W)", "size": size}, root, files)
+    path = keyed_cache_path(folder, split, {"kind": "uint8 RGB (N, 3, H, W)", "size": size}, root, files)
     if path.is_file():
         return path
     try:

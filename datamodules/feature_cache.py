@@ -11,7 +11,6 @@ so an interrupted build is never read.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -26,18 +25,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from .tau_layout import device_of
 
-__all__ = ["CachedFeatureDataset", "build_feature_cache", "feature_cache_path"]
+__all__ = ["CachedFeatureDataset", "build_feature_cache"]
 
 log = logging.getLogger(__name__)
-
-
-def feature_cache_path(folder: str | Path, list_name: str, settings: Mapping[str, Any], root: Path, files: list[str]) -> Path:
-    """``folder/<list stem>-<hash>.npy`` for ``files`` (relative to ``root``) under ``settings``."""
-    digest = hashlib.sha256(json.dumps(dict(settings), sort_keys=True, default=str).encode())
-    for name in files:
-        stat = (root / name).stat()
-        digest.update(f"\n{name}\t{stat.st_size}\t{stat.st_mtime_ns}".encode())
-    return Path(folder) / f"{Path(list_name).stem}-{digest.hexdigest()[:16]}.npy"
 
 
 @torch.no_grad()

@@ -11,6 +11,7 @@ layer family only.
 
 from typing import Any
 
+from . import _moved
 from .nn import NORM_KINDS, L2BN1d, L2BN2d, L2BN3d, L2BNAct2d, SyncL2BN, convert_norm, create_norm, get_norm_layer, l2_batch_norm
 
 __all__ = [
@@ -32,7 +33,10 @@ def __getattr__(name: str) -> Any:
     # L2BNLayerSync needs pytorch_lightning: imported on first use, so that using the layers alone
     # does not pay Lightning's import time
     if name == "L2BNLayerSync":
-        from .layer_sync import L2BNLayerSync
+        from .lit.layer_sync import L2BNLayerSync
 
         return L2BNLayerSync
     raise AttributeError(f"module 'l2bn_lit' has no attribute {name!r}")
+
+
+_moved.install()

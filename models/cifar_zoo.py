@@ -10,7 +10,7 @@ from __future__ import annotations
 import torchvision
 from torch import Tensor, nn
 
-from l2bn_lit import convert_norm
+from l2bn_lit.nn import convert_norm
 
 from .cifar_resnet import NormLayer
 

@@ -12,7 +12,7 @@ import torch
 import torchvision
 from torch import nn
 
-from l2bn_lit import convert_norm, get_norm_layer
+from l2bn_lit.nn import convert_norm, get_norm_layer
 from l2bn_lit.serialization import load_checkpoint
 
 from .cifar_resnet import PreActResNet18, resnet20, resnet32, resnet44, resnet56, resnet110

@@ -38,7 +38,7 @@ def root(synthetic_root, tmp_path):
 def dcase_runs(tmp_path_factory, synthetic_root):
     """Two short runs (BN, L2BN) of ``configs/quickstart_dcase.yaml`` on the synthetic scenes, and
     each one's ``test`` summary: ``(folder with bn/ and l2bn/, {norm: summary})``."""
-    from l2bn_lit.cli import main
+    from l2bn_lit.lit.cli import main
 
     config = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart_dcase.yaml")
     folder = tmp_path_factory.mktemp("runs")

@@ -1,4 +1,4 @@
-"""``python -m l2bn_lit.ablation``: cells of sweeps and the factor table, against hand computations."""
+"""``l2bn ablation``: cells of sweeps and the factor table, against hand computations."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from l2bn_lit import ablation
+from l2bn_lit.commands import ablation
 
 
 def _runs(bn: list[float], l2bn: list[float]) -> pd.DataFrame:
@@ -39,7 +39,7 @@ def _record_sweeps(monkeypatch) -> list[list[str]]:
         out.mkdir(parents=True)
         _runs([0.7, 0.8], [0.7, 0.9]).to_csv(out / "sweep.csv", index=False)
 
-    monkeypatch.setattr(ablation.sweep, "main", fake_sweep)
+    monkeypatch.setattr(ablation, "run_sweep", fake_sweep)
     return calls
 
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from l2bn_lit.analysis import (
+from l2bn_lit.lit.callbacks import (
     NORM_TYPES,
     analysis_summary,
     FeatureNormMonitor,
@@ -25,7 +25,7 @@ from l2bn_lit.analysis import (
     coefficient_of_variation,
     feature_geometry,
 )
-from l2bn_lit.cli import main
+from l2bn_lit.lit.cli import main
 from models import ImageClassifier
 
 from distributed import run_distributed
@@ -123,8 +123,8 @@ def test_callbacks_from_the_cli_log_to_the_run_and_write_plots(tmp_path):
             "--trainer.logger", f'{{"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {{"save_dir": "{tmp_path}"}}}}',
             "--trainer.enable_progress_bar", "false"]
     for callback in ("FeatureNormMonitor", "GradientNormMonitor"):
-        args += [f"--trainer.callbacks+=l2bn_lit.analysis.{callback}", "--trainer.callbacks.every_n_steps", "2"]
-    args += ["--trainer.callbacks+=l2bn_lit.analysis.PenultimateGeometry"]
+        args += [f"--trainer.callbacks+=l2bn_lit.lit.callbacks.{callback}", "--trainer.callbacks.every_n_steps", "2"]
+    args += ["--trainer.callbacks+=l2bn_lit.lit.callbacks.PenultimateGeometry"]
     main(args)
     (run,) = tmp_path.glob("lightning_logs/version_*")
     metrics = pd.read_csv(run / "metrics.csv")

@@ -12,8 +12,8 @@ import torch
 
 from datamodules import TAUScenesDataModule
 from l2bn_lit import L2BN2d
-from l2bn_lit.cli import main
-from l2bn_lit.module import CheckpointMismatchError
+from l2bn_lit.lit.cli import main
+from l2bn_lit.lit.base import CheckpointMismatchError
 from models import AudioSceneClassifier
 from models.audio_augment import SpecAugment
 from models.frontend import LogMel

@@ -8,7 +8,7 @@ import torch
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
-from l2bn_lit.checkpoint import TieBreakingCheckpoint
+from l2bn_lit.lit.checkpoint import TieBreakingCheckpoint
 
 ACC = [0.5, 1.0, 1.0, 1.0, 0.9]
 LOSS = [1.0, 0.8, 0.5, 0.6, 0.1]
@@ -82,7 +82,7 @@ def test_lightning_writes_last_ckpt_only_with_a_new_best_and_ours_writes_it_ever
 def test_atomic_checkpoint_io_keeps_the_old_file_when_a_save_fails_and_leaves_nothing(tmp_path, monkeypatch):
     import tempfile
 
-    from l2bn_lit.checkpoint import AtomicCheckpointIO
+    from l2bn_lit.lit.checkpoint import AtomicCheckpointIO
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "elsewhere"))  # nothing may be written there
     (tmp_path / "elsewhere").mkdir()

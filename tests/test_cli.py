@@ -6,7 +6,7 @@ import pytest
 from pytorch_lightning.plugins.layer_sync import TorchSyncBatchNorm
 
 from l2bn_lit import L2BNLayerSync
-from l2bn_lit.cli import main, with_l2bn_layer_sync
+from l2bn_lit.lit.cli import main, with_l2bn_layer_sync
 
 BASE = ["--model", "models.ImageClassifier", "--model.arch", "small_cnn", "--data", "datamodules.DigitsDataModule",
         "--trainer.accelerator", "cpu",

@@ -7,7 +7,7 @@ import warnings
 import pandas as pd
 from pytorch_lightning.loggers import CSVLogger
 
-from l2bn_lit.csv_logger import RunCSVLogger
+from l2bn_lit.lit.csv_logger import RunCSVLogger
 
 
 def _log(logger, rows: list[tuple[int, int, float]]) -> None:

@@ -1,4 +1,4 @@
-"""``python -m l2bn_lit.data``: download (resume, checksums, mirror), list and check, against a local
+"""``l2bn data``: download (resume, checksums, mirror), list and check, against a local
 HTTP server on 127.0.0.1 serving small archives built in the TAU release structure."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import soundfile as sf
 from datamodules import TAUScenesDataModule, write_synthetic_tau
 from datamodules.tau_check import TAU_SCENES, AudioSpec, check_lists, wav_frames
 from datamodules.tau_download import DatasetSpec, DownloadError, Remote, download, with_mirror
-from l2bn_lit.data import main as data_main
+from l2bn_lit.commands.data import main as data_main
 
 TOP = "TAU-urban-acoustic-scenes-2022-mobile-development"
 

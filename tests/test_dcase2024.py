@@ -18,9 +18,9 @@ from torch import nn
 from datamodules import TAUScenesDataModule, write_synthetic_tau
 from datamodules.dcase import load_impulse_responses
 from l2bn_lit import L2BN2d, get_norm_layer
-from l2bn_lit.__main__ import complexity
-from l2bn_lit.cli import main
-from l2bn_lit.complexity import complexity_report
+from l2bn_lit.commands.complexity import main as complexity
+from l2bn_lit.lit.cli import main
+from l2bn_lit.reports.complexity import complexity_report
 from models.cp_mobile import CPMobile, make_divisible
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -125,7 +125,7 @@ def test_device_subset_keeps_the_label_set(root):
 
 def test_init_from_starts_from_a_checkpoints_network(synthetic_root, tmp_path):
     from models import AudioSceneClassifier
-    from l2bn_lit.module import CheckpointMismatchError
+    from l2bn_lit.lit.base import CheckpointMismatchError
 
     config = str(ROOT / "configs" / "quickstart_dcase.yaml")
     cli = main(["fit", "--config", config, "--data.init_args.root", str(synthetic_root), "--trainer.max_epochs", "1",

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from l2bn_lit.cli import main
-from l2bn_lit.dcase import dcase_report, write_submission
+from l2bn_lit.lit.cli import main
+from l2bn_lit.reports.dcase_scores import dcase_report, write_submission
 
 ROOT = Path(__file__).resolve().parents[1]
 PROBS = np.array([[0.7, 0.2, 0.1], [0.5, 0.4, 0.1], [0.1, 0.8, 0.1], [0.2, 0.3, 0.5]])

@@ -7,7 +7,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 from lightning_fabric.utilities.exceptions import MisconfigurationException
 
@@ -87,5 +86,5 @@ def test_a_missing_data_set_names_the_command_that_gets_it(tmp_path):
     missing = _command("cli.py", "fit", "--config", str(ROOT / "configs" / "dcase2024_task1_cpmobile.yaml"),
                        "--data.init_args.root", str(tmp_path / "tau"))
     _short(missing, 1, "split_setup/split25.csv does not exist")
-    assert (f"get it with: python -m l2bn_lit.data download tau2022-mobile-dev --root {tmp_path / 'tau'} and "
-            f"python -m l2bn_lit.data download dcase2024-task1-splits --root {tmp_path / 'tau'}") in missing.stderr
+    assert (f"get it with: l2bn data download tau2022-mobile-dev --root {tmp_path / 'tau'} and "
+            f"l2bn data download dcase2024-task1-splits --root {tmp_path / 'tau'}") in missing.stderr

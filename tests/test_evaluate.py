@@ -1,4 +1,4 @@
-"""``python -m l2bn_lit.evaluate``: many checkpoints in one pass, against separate ``test`` runs."""
+"""``l2bn evaluate``: many checkpoints in one pass, against separate ``test`` runs."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from l2bn_lit.cli import main
-from l2bn_lit.evaluate import find_checkpoints
-from l2bn_lit.evaluate import main as evaluate
-from l2bn_lit.module import CheckpointMismatchError
+from l2bn_lit.lit.cli import main
+from l2bn_lit.commands.evaluate import find_checkpoints
+from l2bn_lit.commands.evaluate import main as evaluate
+from l2bn_lit.lit.base import CheckpointMismatchError
 from tau_lists import write_2025_eval_list
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def test_leaderboard_rows_equal_separate_test_runs_and_the_ensemble_is_the_mean(
 
 
 def test_ensemble_row_is_the_mean_of_the_models_probabilities(dcase_runs, synthetic_root, tmp_path, monkeypatch):
-    import l2bn_lit.evaluate as module
+    import l2bn_lit.commands.evaluate as module
 
     folder, _ = dcase_runs
     captured = {}
@@ -71,7 +71,7 @@ def test_checkpoints_that_do_not_fit_the_data_are_refused(dcase_runs, tmp_path):
 
 
 def test_device_specific_models_route_their_devices_clips(dcase_runs, synthetic_root, tmp_path, monkeypatch):
-    import l2bn_lit.evaluate as module
+    import l2bn_lit.commands.evaluate as module
 
     folder, _ = dcase_runs
     captured = {}
@@ -138,7 +138,7 @@ def test_audio_models_are_evaluated_at_16_bit_as_they_ship(dcase_runs, synthetic
     leaderboard's probabilities are those of the half-precision network, its memory 2 bytes per parameter."""
     import torch
 
-    import l2bn_lit.evaluate as module
+    import l2bn_lit.commands.evaluate as module
 
     folder, _ = dcase_runs
     captured = {}

@@ -11,7 +11,7 @@ import yaml
 from PIL import Image
 
 from datamodules import CIFARDataModule, ImageFolderDataModule
-from l2bn_lit.cli import main
+from l2bn_lit.lit.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))

@@ -16,8 +16,8 @@ import torch
 
 from datamodules import DigitsDataModule
 from l2bn_lit import L2BN2d
-from l2bn_lit.cli import main
-from l2bn_lit.module import CheckpointMismatchError
+from l2bn_lit.lit.cli import main
+from l2bn_lit.lit.base import CheckpointMismatchError
 from models import ImageClassifier
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from datamodules import DigitsDataModule
-from l2bn_lit.cli import main
+from l2bn_lit.lit.cli import main
 from models import ImageClassifier
 
 QUICKSTART = str(Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml")

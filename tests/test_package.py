@@ -1,9 +1,9 @@
-"""The package's shape: the layer family imports nothing of Lightning or the pipelines; the tools sit
-above the CLI (no import circle); one console entry point runs every command."""
+"""The package's shape: the layers hold (import-linter's contracts in pyproject.toml), the layer family
+and the networks load without Lightning, the paths from before the folders still resolve, and one
+console entry point runs every command."""
 
 from __future__ import annotations
 
-import ast
 import shutil
 import subprocess
 import sys
@@ -25,39 +25,39 @@ def test_the_layer_family_loads_without_lightning_or_the_pipelines():
         "import sys, l2bn_lit, l2bn_lit.nn\n"
         "from l2bn_lit import L2BN2d, SyncL2BN, convert_norm, l2_batch_norm\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('pytorch_lightning', 'lightning', 'lightning_fabric',\n"
-        "             'datamodules', 'models', 'torchmetrics') or m in ('l2bn_lit.module', 'l2bn_lit.cli'))\n"
+        "             'datamodules', 'models', 'torchmetrics') or m.startswith(('l2bn_lit.lit', 'l2bn_lit.commands')))\n"
         "print(bad); assert not bad"
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def _imports(path: Path) -> set[str]:
-    """Modules a file imports: absolute names, and relative ones resolved inside ``l2bn_lit``."""
-    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
-    names = set()
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom):
-            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
-            names.add(".".join(filter(None, [base, node.module or ""])))
-    return names
+def test_the_import_contracts_hold():
+    """``lint-imports`` (import-linter) over the contracts of pyproject.toml: the layers, the layer family
+    on torch only, no Lightning in the networks and reports, no command importing another."""
+    linter = shutil.which("lint-imports")
+    if linter is None:
+        pytest.skip("import-linter is a dev dependency: pip install -e '.[dev]'")
+    result = subprocess.run([linter, "--no-cache"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stdout[-4000:]
+    assert "0 broken" in result.stdout
 
 
-def test_nn_imports_only_torch_and_itself():
-    """(timm only lazily, to convert L2BNAct2d back to its BatchNormAct2d; Triton, which ships with
-    torch's CUDA builds, only in the fused kernels' file, which fused.py imports on first use.)"""
-    for path in (PACKAGE / "nn").glob("*.py"):
-        allowed = ("l2bn_lit.nn", "torch", "__future__", "math", "typing", "collections", "itertools", "functools",
-                   "os", "importlib", "contextlib", "timm.", *(("triton",) if path.name == "triton_kernels.py" else ()))
-        outside = {n for n in _imports(path) if not n.startswith(allowed)}
-        assert not outside, f"{path.name} imports {outside}"
-
-
-def test_no_module_of_the_application_imports_the_cli_except_the_entry_points():
-    """Only the tools that read a CLI config build on the CLI: the entry point and evaluate."""
-    users = sorted(p.name for p in PACKAGE.glob("*.py") if "l2bn_lit.cli" in _imports(p))
-    assert users == ["__main__.py", "evaluate.py"], users
+def test_the_module_paths_from_before_the_folders_resolve():
+    """Configs, saved run configs and checkpoints name ``l2bn_lit.analysis.FeatureNormMonitor``,
+    ``l2bn_lit.csv_logger.RunCSVLogger``, ...; results/ records ``python -m l2bn_lit.sweep`` commands."""
+    result = _run(
+        "import importlib, l2bn_lit\n"
+        "from l2bn_lit._moved import MOVED\n"
+        "for old, new in MOVED.items():\n"
+        "    assert importlib.import_module(old) is importlib.import_module(new), old\n"
+        "from l2bn_lit.analysis import FeatureNormMonitor\n"
+        "from l2bn_lit.lit.callbacks import FeatureNormMonitor as moved\n"
+        "assert FeatureNormMonitor is moved\n"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    old_command = subprocess.run([sys.executable, "-m", "l2bn_lit.results", "--help"], capture_output=True, text=True, cwd=ROOT,
+                                 timeout=120)
+    assert old_command.returncode == 0 and "l2bn results RUNS_FOLDER" in old_command.stdout, old_command.stderr
 
 
 def test_entry_point_runs_every_command():
@@ -91,7 +91,7 @@ def test_models_load_without_lightning_and_the_old_class_paths_resolve():
         "build_model('resnet20', num_classes=10, norm='l2bn'); build_audio_model('cp_mobile', 10)\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('pytorch_lightning', 'lightning', 'lightning_fabric',\n"
         "             'torchmetrics', 'matplotlib', 'datamodules') or m.startswith('l2bn_lit.') and not\n"
-        "             m.startswith(('l2bn_lit.nn', 'l2bn_lit.serialization')))\n"
+        "             m.startswith(('l2bn_lit.nn', 'l2bn_lit.serialization', 'l2bn_lit._moved')))\n"
         "print(bad); assert not bad\n"
         "from models import ImageClassifier, AudioSceneClassifier\n"
         "import l2bn_lit.lit as lit\n"
@@ -103,10 +103,10 @@ def test_models_load_without_lightning_and_the_old_class_paths_resolve():
 def test_a_checkpoint_naming_the_old_class_path_loads(tmp_path):
     """A run's checkpoint whose saved class path is the pre-move ``models.ImageClassifier`` (what the
     code before the move wrote) is loaded by ``l2bn evaluate``'s loader as the image classifier."""
-    from l2bn_lit.cli import main as cli_main
-    from l2bn_lit.evaluate import load_module
+    from l2bn_lit.lit.cli import main as cli_main
+    from l2bn_lit.lit.loading import load_module
     from l2bn_lit.lit import ImageClassifier
-    from l2bn_lit.module import ClassificationModule
+    from l2bn_lit.lit.base import ClassificationModule
 
     cli_main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--model.class_path", "models.ImageClassifier",
               "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
@@ -116,15 +116,3 @@ def test_a_checkpoint_naming_the_old_class_path_loads(tmp_path):
     assert saved["hyper_parameters"]["_class_path"] == "models.ImageClassifier"
     model = load_module(checkpoint, {}, ClassificationModule)
     assert type(model) is ImageClassifier and model.hparams.norm == "l2bn"
-
-
-def test_the_network_files_import_only_the_network_stack():
-    """The layer contract over the import graph: ``models/`` imports torch, torchvision, torchaudio,
-    timm, numpy, soundfile, the standard library, the layer family and the weights-only loader; never
-    Lightning, the data modules, the LightningModules or a command."""
-    allowed = ("torch", "torchvision", "torchaudio", "timm", "numpy", "soundfile", "models", "l2bn_lit.nn",
-               "l2bn_lit.serialization")
-    for path in sorted((ROOT / "models").glob("*.py")):
-        outside = {name for name in _imports(path)
-                   if name.split(".")[0] not in sys.stdlib_module_names and name != "l2bn_lit" and not name.startswith(allowed)}
-        assert not outside, f"models/{path.name} imports {sorted(outside)}"

@@ -6,8 +6,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from l2bn_lit.results import collect_runs, norm_label, scan_runs, summary_table
-from l2bn_lit.results import main as results_main
+from l2bn_lit.reports.runs import collect_runs, norm_label, scan_runs, summary_table
+from l2bn_lit.commands.results import main as results_main
 
 
 def _run(folder, norm, seed, accuracy):

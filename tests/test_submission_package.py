@@ -16,10 +16,11 @@ import torch
 import torchaudio.functional as AF
 
 from l2bn_lit import vendor
-from l2bn_lit.evaluate import find_checkpoints, load_module
-from l2bn_lit.evaluate import main as evaluate
-from l2bn_lit.package import PackageError, submission_spec
-from l2bn_lit.package import main as package
+from l2bn_lit.commands.evaluate import find_checkpoints
+from l2bn_lit.lit.loading import load_module
+from l2bn_lit.commands.evaluate import main as evaluate
+from l2bn_lit.commands.package import PackageError, submission_spec
+from l2bn_lit.commands.package import main as package
 from l2bn_lit.serialization import load_checkpoint
 from l2bn_lit.lit.audio import AudioSceneClassifier
 from tau_lists import write_2025_eval_list

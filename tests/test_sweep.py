@@ -10,8 +10,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from l2bn_lit.results import summary_table
-from l2bn_lit.sweep import main, paired_differences, parse_arm
+from l2bn_lit.reports.runs import summary_table
+from l2bn_lit.commands.sweep import main
+from l2bn_lit.reports.runs import parse_arm
+from l2bn_lit.reports.stats import paired_differences
 
 ROOT = Path(__file__).resolve().parents[1]
 T_975_2DF = 4.302653  # Student t quantile 0.975, 2 degrees of freedom (printed tables: 4.303)
@@ -76,7 +78,7 @@ def test_tiny_sweep_runs_every_combination_collects_and_resumes(tmp_path, capsys
     assert continued["test/acc"].notna().sum() == 1 and len(continued) == len(trained) + 1  # its rows kept, once
 
     main([*argv[:13], "--dry-run", *argv[13:]])
-    commands = [line for line in capsys.readouterr().out.splitlines() if "l2bn_lit.cli fit" in line]
+    commands = [line for line in capsys.readouterr().out.splitlines() if "-m l2bn_lit fit" in line]
     assert len(commands) == 4 and all("--trainer.max_epochs 1" in c for c in commands)
 
 

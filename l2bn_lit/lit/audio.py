@@ -13,8 +13,9 @@ from models.audio import LogMelClassifier, build_audio_model
 from models.audio_augment import FreqMixStyle, SpecAugment, TimeRoll, WaveRoll
 from models.frontend import LogMel
 
-from ..dcase import dcase_report, write_submission
-from ..module import ClassificationModule, run_folder
+from l2bn_lit.reports.dcase_scores import dcase_report, write_submission
+
+from .base import ClassificationModule, run_folder
 
 __all__ = ["AudioSceneClassifier"]
 
@@ -33,7 +34,7 @@ class AudioSceneClassifier(ClassificationModule):
     The front-end settings belong to the architecture: they are saved in the checkpoint, and a
     checkpoint is refused by a model with other settings (or another sample rate).
 
-    ``test`` also writes and prints the DCASE report (:func:`l2bn_lit.dcase.dcase_report`: macro
+    ``test`` also writes and prints the DCASE report (:func:`l2bn_lit.reports.dcase_scores.dcase_report`: macro
     class-wise accuracy, log loss, class-wise and device-wise tables) into the run folder;
     ``predict`` writes the DCASE submission file ``submission.csv`` there.
 
@@ -54,7 +55,7 @@ class AudioSceneClassifier(ClassificationModule):
         mixstyle_p, mixstyle_alpha: Freq-MixStyle probability per batch (0: off) and Beta parameter.
         predict_precision: the precision ``predict`` runs the network on the features at (``16``: as
             the DCASE baselines ship their models, ``model.half()``; see :meth:`set_inference_precision`).
-        **kwargs: :class:`~l2bn_lit.module.ClassificationModule` options (norm, optimizer, mixup, ...).
+        **kwargs: :class:`~l2bn_lit.lit.base.ClassificationModule` options (norm, optimizer, mixup, ...).
     """
 
     architecture_keys = (*ClassificationModule.architecture_keys, "arch", "arch_options", *FRONTEND_KEYS)

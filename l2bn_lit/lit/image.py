@@ -1,5 +1,5 @@
 """The image-classification LightningModule: a network from :func:`models.build_model` on the
-shared :class:`l2bn_lit.module.ClassificationModule`."""
+shared :class:`l2bn_lit.lit.base.ClassificationModule`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch.optim.swa_utils import update_bn
 
 from models.registry import build_model
 
-from ..module import ClassificationModule
+from .base import ClassificationModule
 
 __all__ = ["ImageClassifier"]
 
@@ -32,7 +32,7 @@ class ImageClassifier(ClassificationModule):
             Pretrained BN statistics describe BN's input; L2BN normalizes the l2-normalized input, whose
             scale is about ``1/sqrt(D)`` of it, so the old statistics would be off by that factor.
             ``torch.optim.swa_utils.update_bn`` does the re-estimation (a cumulative average).
-        **kwargs: :class:`~l2bn_lit.module.ClassificationModule`'s options (norm, optimizer, ...).
+        **kwargs: :class:`~l2bn_lit.lit.base.ClassificationModule`'s options (norm, optimizer, ...).
     """
 
     architecture_keys = (*ClassificationModule.architecture_keys, "arch", "arch_options")

@@ -16,12 +16,16 @@ from collections.abc import Callable
 from functools import partial
 
 from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
+from torch.nn.modules.batchnorm import _BatchNorm, _NormBase
 
 from .layers import L2BN1d, L2BN2d, L2BN3d, L2BNAct2d, _L2BNBase
 from .sync import SyncL2BN, replace_modules, transfer_norm_state
 
-__all__ = ["NORM_KINDS", "get_norm_layer", "create_norm", "convert_norm"]
+__all__ = ["NORM_KINDS", "NORM_TYPES", "get_norm_layer", "create_norm", "convert_norm"]
+
+#: the module types that count as normalization layers (the norm weight decay's and the feature-norm
+#: monitor's): BN, L2BN and their Sync variants, InstanceNorm, GroupNorm and LayerNorm
+NORM_TYPES: tuple[type[nn.Module], ...] = (_NormBase, nn.GroupNorm, nn.LayerNorm)
 
 _BN = {1: nn.BatchNorm1d, 2: nn.BatchNorm2d, 3: nn.BatchNorm3d}
 _L2BN = {1: L2BN1d, 2: L2BN2d, 3: L2BN3d}

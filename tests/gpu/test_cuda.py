@@ -170,7 +170,7 @@ def test_sync_l2bn_on_nccl_equals_l2bn():
 
 @pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
 def test_quickstart_fits_on_cuda(precision, tmp_path):
-    from l2bn_lit.cli import main
+    from l2bn_lit.lit.cli import main
 
     cli = main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--trainer.accelerator", "cuda",
                 "--trainer.precision", precision, "--trainer.deterministic", "false",

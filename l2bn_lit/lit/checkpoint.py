@@ -20,7 +20,7 @@ from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import Tensor
 
-from .serialization import load_checkpoint
+from l2bn_lit.serialization import load_checkpoint
 
 __all__ = ["AtomicCheckpointIO", "TieBreakingCheckpoint"]
 

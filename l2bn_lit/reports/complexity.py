@@ -13,23 +13,20 @@ counts it, plus what the challenge's counter cannot see.
 
     l2bn complexity --config configs/<x>.yaml [--bits 16] [other CLI options]
 
-The CLI also writes ``complexity.json`` into every run folder at the start of fit.
+The CLI also writes ``complexity.json`` into every run folder at the start of fit
+(:class:`l2bn_lit.lit.callbacks.ComplexityReport`).
 """
 
 from __future__ import annotations
 
-import json
-
-import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 from torchinfo import summary
 
-from .module import run_folder
-from .nn.layers import _L2BNBase
+from l2bn_lit.nn.layers import _L2BNBase
 
-__all__ = ["ComplexityReport", "complexity_report", "limit_report", "count_network", "DCASE_LIMITS"]
+__all__ = ["complexity_report", "limit_report", "count_network", "DCASE_LIMITS"]
 
 #: the DCASE 2024/2025 Task 1 limits (the task's complexity script): parameter memory in bytes at
 #: the precision the model ships in, and MACs per 1-s clip (feature extraction excluded)
@@ -113,17 +110,3 @@ def limit_report(report: dict[str, int], limits: dict[str, int] = DCASE_LIMITS) 
         verdict = "within" if ok else f"OVER by {value - limit:,}"
         lines.append(f"{label}: {value:,} of {limit:,} ({100 * value / limit:.1f}%, {what}): {verdict}")
     return within, "\n".join(lines)
-
-
-class ComplexityReport(pl.Callback):
-    """Writes ``complexity.json`` into the run folder at the start of fit and logs the numbers."""
-
-    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        folder = run_folder(trainer)
-        shape = pl_module.hparams.get("input_shape")
-        if shape is None or not trainer.is_global_zero or trainer.fast_dev_run:  # fast_dev_run writes nothing
-            return
-        report = complexity_report(pl_module, list(shape))
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / "complexity.json").write_text(json.dumps(report, indent=2))
-

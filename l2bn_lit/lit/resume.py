@@ -76,7 +76,7 @@ class RNGStateCheckpoint(Callback):
 
 class PreemptionCheckpoint(Callback):
     """On SIGTERM or SIGUSR1 during ``fit``: stop at the next batch boundary, write ``last.ckpt`` with
-    the current state (through the run's :class:`~l2bn_lit.checkpoint.TieBreakingCheckpoint`) and
+    the current state (through the run's :class:`~l2bn_lit.lit.checkpoint.TieBreakingCheckpoint`) and
     exit with status ``128 + signal number``.
 
     Lightning turns SIGTERM into ``SIGTERMException`` (a ``SystemExit`` that would exit with status 0)

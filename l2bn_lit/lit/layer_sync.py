@@ -16,8 +16,8 @@ import warnings
 from pytorch_lightning.plugins.layer_sync import TorchSyncBatchNorm
 from torch import nn
 
-from .nn.layers import _L2BNBase
-from .nn.sync import SyncL2BN, replace_modules, transfer_norm_state
+from l2bn_lit.nn.layers import _L2BNBase
+from l2bn_lit.nn.sync import SyncL2BN, replace_modules, transfer_norm_state
 
 __all__ = ["L2BNLayerSync"]
 

@@ -1,15 +1,15 @@
 """Norm x seed sweeps: every combination as an ordinary CLI run, then one table of test metrics.
 
-    python -m l2bn_lit.sweep --config configs/quickstart.yaml --norms bn l2bn --seeds 0 1 2 \\
+    l2bn sweep --config configs/quickstart.yaml --norms bn l2bn --seeds 0 1 2 \\
         [--out runs/sweep] [--metrics test/acc test/acc_macro] [--analysis] [--parallel K] [--dry-run] [-- CLI OPTIONS]
 
-Each run is ``python -m l2bn_lit.cli fit --config ... --model.init_args.norm NORM --seed_everything
+Each run is ``python -m l2bn_lit fit --config ... --model.init_args.norm NORM --seed_everything
 SEED --test_after_fit true`` plus the options after ``--`` (a norm given as ``l2bn:rescale=true``
 also passes ``--model.init_args.norm_options '{"rescale": true}'``), each in a fresh process, one after
 another or ``--parallel K`` at a time (small models leave a GPU mostly idle: several runs share it
 well), and ``--dry-run`` prints the commands, for a cluster's job array. Run folders are
 ``OUT/<norm>/seed<seed>`` (``OUT/l2bn-rescale=true/seed0``); a run whose test metrics are already there is not run again,
-and an interrupted one continues from its ``last.ckpt``, so an interrupted sweep resumes. ``--analysis`` adds the :mod:`l2bn_lit.analysis` callbacks to every run
+and an interrupted one continues from its ``last.ckpt``, so an interrupted sweep resumes. ``--analysis`` adds the :mod:`l2bn_lit.lit.callbacks` to every run
 and draws their curves per norm (mean over seeds) into ``OUT/compare_*.png``.
 
 Writes ``OUT/sweep.csv`` (one row per run) and ``OUT/sweep.md``: mean +- std per norm and, for every
@@ -21,41 +21,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import shlex
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pandas as pd
 import torch
-import yaml
-from scipy import stats
 
-from .analysis import CALLBACKS, analysis_summary, compare_runs
-from .results import collect_runs, norm_label, summary_table
-from .serialization import load_checkpoint
+from l2bn_lit.lit.callbacks import CALLBACKS
+from l2bn_lit.reports.plots import compare_runs
+from l2bn_lit.reports.runs import analysis_summary, collect_runs, norm_label, parse_arm, summary_table
+from l2bn_lit.reports.stats import paired_differences
+from l2bn_lit.serialization import load_checkpoint
 
-__all__ = ["t_interval", "paired_differences", "parse_arm", "run_command", "main"]
-
-
-def parse_arm(arm: str) -> tuple[str, dict[str, Any]]:
-    """``"l2bn"`` -> ``("l2bn", {})``; ``"l2bn:rescale=true,eps=1e-3"`` -> the norm and its options
-    (values read as JSON, else YAML)."""
-    norm, _, options = arm.partition(":")
-    parsed = {}
-    for item in filter(None, options.split(",")):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise ValueError(f"--norms {arm!r}: options are key=value pairs separated by commas, e.g. l2bn:rescale=true")
-        try:
-            parsed[key] = json.loads(value)  # 1e-3 is a number here (YAML 1.1 would read a string)
-        except ValueError:
-            parsed[key] = yaml.safe_load(value)  # True, yes, bare strings
-    return norm, parsed
+__all__ = ["main", "run_command"]
 
 
 def run_folder_name(arm: str) -> str:
@@ -68,42 +50,20 @@ def run_command(config: str, arm: str, seed: int, out: Path, analysis: bool, ext
     """The CLI command of one run of the sweep: ``arm`` is a norm, optionally with options; ``resume``:
     the run's ``last.ckpt`` to continue from (its metrics.csv kept up to that checkpoint)."""
     norm, options = parse_arm(arm)
-    logger = {"class_path": "l2bn_lit.csv_logger.RunCSVLogger",
+    logger = {"class_path": "l2bn_lit.lit.csv_logger.RunCSVLogger",
               "init_args": {"save_dir": str(out), "name": run_folder_name(arm), "version": f"seed{seed}"}}
     if resume is not None:
         logger["init_args"]["resume_step"] = load_checkpoint(resume)["global_step"]
     command = [
-        sys.executable, "-m", "l2bn_lit.cli", "fit", "--config", config, "--model.init_args.norm", norm,
+        sys.executable, "-m", "l2bn_lit", "fit", "--config", config, "--model.init_args.norm", norm,
         "--seed_everything", str(seed), "--test_after_fit", "true", "--trainer.logger", json.dumps(logger),
         *(["--ckpt_path", str(resume)] if resume is not None else []),
     ]
     if options:
         command += ["--model.init_args.norm_options", json.dumps(options)]
     if analysis:
-        command += [f"--trainer.callbacks+=l2bn_lit.analysis.{name}" for name in CALLBACKS]
+        command += [f"--trainer.callbacks+=l2bn_lit.lit.callbacks.{name}" for name in CALLBACKS]
     return command + extra
-
-
-def t_interval(values: pd.Series, level: float = 0.95) -> tuple[float, float, float]:
-    """``(mean, low, high)``: the Student-t ``level`` confidence interval of the mean (NaN bounds for one value)."""
-    n, mean, std = len(values), values.mean(), values.std()
-    half = stats.t.ppf(0.5 + level / 2, n - 1) * std / math.sqrt(n) if n > 1 else math.nan
-    return mean, mean - half, mean + half
-
-
-def paired_differences(runs: pd.DataFrame, metrics: list[str], norms: list[str], level: float = 0.95) -> pd.DataFrame:
-    """``norm - norms[0]`` per metric, paired by seed: mean, std, the ``level`` confidence interval."""
-    rows = []
-    base = runs[runs["norm"] == norms[0]].set_index("seed")
-    for norm in norms[1:]:
-        other = runs[runs["norm"] == norm].set_index("seed")
-        seeds = sorted(set(base.index) & set(other.index))
-        for metric in metrics:
-            diff = other.loc[seeds, metric] - base.loc[seeds, metric]
-            mean, low, high = t_interval(diff, level)
-            rows.append({"comparison": f"{norm} - {norms[0]}", "metric": metric, "pairs": len(diff), "mean": mean, "std": diff.std(),
-                         "ci low": low, "ci high": high})
-    return pd.DataFrame(rows)
 
 
 def _finished(run: Path, metrics: list[str]) -> bool:
@@ -125,7 +85,7 @@ def _measures_by_norm(summary: pd.DataFrame) -> pd.DataFrame:
 
 def _sweep_command(args: argparse.Namespace) -> str:
     """The command line that reproduces this sweep (shell-quoted; ``--out`` left to the reader)."""
-    argv = ["python", "-m", "l2bn_lit.sweep", "--config", args.config, "--norms", *args.norms, "--seeds", *map(str, args.seeds)]
+    argv = ["python", "-m", "l2bn_lit", "sweep", "--config", args.config, "--norms", *args.norms, "--seeds", *map(str, args.seeds)]
     argv += ["--analysis"] if args.analysis else []
     return shlex.join(argv + (["--", *args.cli] if args.cli else []))
 
@@ -148,7 +108,7 @@ def _report(args: argparse.Namespace, runs: pd.DataFrame, analysis: pd.DataFrame
         "",
         pairs.to_markdown(index=False, floatfmt=".4f") if len(pairs) else "(one norm: nothing to compare)",
         "",
-        *(["## Analysis: mean +- std over seeds (l2bn_lit.analysis.analysis_summary)", "",
+        *(["## Analysis: mean +- std over seeds (l2bn_lit.reports.runs.analysis_summary)", "",
             _measures_by_norm(analysis).to_markdown(), ""] if analysis is not None else []),
         "## Runs",
         "",
@@ -240,6 +200,6 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
 
 
 if __name__ == "__main__":
-    from .errors import run_main
+    from l2bn_lit.errors import run_main
 
     run_main(main)

@@ -8,14 +8,14 @@ soundfile and numpy but not this repository: the submission module ``<name>/<nam
 with the challenge's API (``load_model``, ``load_inputs``, ``get_model_for_device``, ``predict``;
 :file:`templates/dcase2025_submission.py`), its checkpoint ``<name>/ckpts/<name>_<index>.pt`` (each
 network's weights and settings as plain data, read from the checkpoints' saved settings), the
-front-end and network code it runs (:mod:`l2bn_lit.vendor`), and ``<name>/resources/dummy.wav``
+front-end and network code it runs (:mod:`l2bn_lit.commands.vendoring`), and ``<name>/resources/dummy.wav``
 for the challenge's complexity script. Up to four submissions (indexes 1-4) share one package: a
 second index adds its module to ``DIR``.
 
 Every network is rebuilt from its settings and must give the checkpoint's own outputs before it is
 written. Then the package is measured in a fresh interpreter that cannot import this project, as the
 challenge's ``test_complexity.py`` measures it (per device: torchinfo MACs and parameter bytes), and
-the project's count of L2BN's per-sample norms is added (:mod:`l2bn_lit.complexity`); the per-device
+the project's count of L2BN's per-sample norms is added (:mod:`l2bn_lit.reports.complexity`); the per-device
 table goes to ``DIR/complexity_<name>_<index>.json`` with the limits' verdict.
 """
 
@@ -37,10 +37,12 @@ from torch import nn
 
 from models.audio import build_audio_model
 
-from .complexity import DCASE_LIMITS, count_network
-from .evaluate import load_module, parse_device_model
-from .lit.audio import AudioSceneClassifier
-from .vendor import vendor_network_code
+from l2bn_lit.lit.audio import AudioSceneClassifier
+from l2bn_lit.lit.loading import load_module
+from l2bn_lit.reports.complexity import DCASE_LIMITS, count_network
+
+from .options import parse_device_model
+from .vendoring import vendor_network_code
 
 __all__ = ["build_package", "main", "submission_spec"]
 
@@ -237,6 +239,6 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, Any]]:
 
 
 if __name__ == "__main__":
-    from .errors import run_main
+    from l2bn_lit.errors import run_main
 
     run_main(main)

@@ -16,9 +16,9 @@
   last epoch's weights, also used when there is no validation set);
 - ``complexity.json`` (parameters, MACs for one input) is written into each run folder;
 - runs survive a cluster (docs/runs.md): ``last.ckpt`` every epoch, written atomically
-  (:class:`~l2bn_lit.checkpoint.AtomicCheckpointIO`); SIGTERM/SIGUSR1 save it and exit 143/138
-  (:class:`~l2bn_lit.resume.PreemptionCheckpoint`); random states in every checkpoint
-  (:class:`~l2bn_lit.resume.RNGStateCheckpoint`); ``fit --ckpt_path <run>/checkpoints/last.ckpt``
+  (:class:`~l2bn_lit.lit.checkpoint.AtomicCheckpointIO`); SIGTERM/SIGUSR1 save it and exit 143/138
+  (:class:`~l2bn_lit.lit.resume.PreemptionCheckpoint`); random states in every checkpoint
+  (:class:`~l2bn_lit.lit.resume.RNGStateCheckpoint`); ``fit --ckpt_path <run>/checkpoints/last.ckpt``
   continues in that run folder; every checkpoint is read weights-only; option and config mistakes
   print a short error (``--debug`` for the traceback).
 """
@@ -42,14 +42,14 @@ from pytorch_lightning.cli import LightningArgumentParser, LightningCLI
 from pytorch_lightning.plugins.layer_sync import LayerSync
 
 from datamodules.base import ClassificationDataModule
+from l2bn_lit.errors import debugging, tidy_parser_message
+from l2bn_lit.serialization import load_checkpoint
 
 from .checkpoint import AtomicCheckpointIO, TieBreakingCheckpoint
-from .complexity import ComplexityReport
-from .errors import debugging, tidy_parser_message
+from .callbacks import ComplexityReport
 from .layer_sync import L2BNLayerSync
-from .module import CheckpointMismatchError, ClassificationModule, architecture_mismatches
+from .base import CheckpointMismatchError, ClassificationModule, architecture_mismatches
 from .resume import PreemptionCheckpoint, RNGStateCheckpoint
-from .serialization import load_checkpoint
 
 __all__ = ["L2BNLightningCLI", "default_loggers", "with_l2bn_layer_sync", "main"]
 
@@ -112,7 +112,7 @@ def default_loggers(save_dir: str = "runs") -> list[dict[str, Any]]:
 
     The run folder (config, checkpoints, metrics.csv, test reports) is ``<save_dir>/csv/version_<n>``.
     """
-    loggers = [{"class_path": "l2bn_lit.csv_logger.RunCSVLogger", "init_args": {"save_dir": save_dir, "name": "csv"}}]
+    loggers = [{"class_path": "l2bn_lit.lit.csv_logger.RunCSVLogger", "init_args": {"save_dir": save_dir, "name": "csv"}}]
     if any(importlib.util.find_spec(name) for name in ("tensorboard", "tensorboardX")):
         tensorboard = {"save_dir": save_dir, "name": "tensorboard"}
         loggers.append({"class_path": "pytorch_lightning.loggers.TensorBoardLogger", "init_args": tensorboard})

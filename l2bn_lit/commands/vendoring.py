@@ -1,6 +1,6 @@
 """Copies the project's network code into another package, so that it runs without this repository.
 
-The DCASE inference package (:mod:`l2bn_lit.package`) carries the layer family (``l2bn_lit/nn``)
+The DCASE inference package (:mod:`l2bn_lit.commands.package`) carries the layer family (``l2bn_lit/nn``)
 and the ``models/`` files that a network needs, found by following their imports. The copies' own
 absolute imports of the project are rewritten to the carrying package (``from l2bn_lit.nn import x``
 -> ``from <package>.nn import x``; relative imports stay as they are), as pip's vendoring does. Any
@@ -19,7 +19,7 @@ from pathlib import Path
 
 __all__ = ["ALLOWED_THIRD_PARTY", "VendorError", "vendor_network_code"]
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 #: what a vendored file may import besides the standard library and itself (the package's requirements)
 ALLOWED_THIRD_PARTY = ("torch", "torchaudio", "numpy", "soundfile")
 #: the project packages that can be carried: the layer family (whole) and the network files

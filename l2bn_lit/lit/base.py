@@ -16,20 +16,17 @@ import pandas as pd
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from matplotlib.figure import Figure
 from torch import Tensor, nn
-from torch.nn.modules.batchnorm import _BatchNorm
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy, MulticlassConfusionMatrix
 from torchvision.transforms import v2
 
-from .serialization import load_checkpoint
-from .nn.init import initialize
+from l2bn_lit.nn import NORM_TYPES
+from l2bn_lit.nn.init import initialize
+from l2bn_lit.reports.plots import plot_confusion
+from l2bn_lit.serialization import load_checkpoint
 
 __all__ = ["ClassificationModule", "CheckpointMismatchError", "NonFiniteLossError", "check_top_k", "run_folder"]
-
-_NORM_TYPES = (_BatchNorm, nn.GroupNorm, nn.LayerNorm)
-
 
 def run_folder(trainer: pl.Trainer) -> Path:
     """The run's folder (the first logger's, else ``default_root_dir``). Under DDP this is a
@@ -272,16 +269,7 @@ class ClassificationModule(pl.LightningModule):
         table = pd.DataFrame({"class": names, "accuracy": per_class.numpy(), "support": confusion.sum(1).numpy()})
         table.to_csv(folder / "per_class_accuracy.csv", index=False)
         pd.DataFrame(confusion.numpy(), index=names, columns=names).to_csv(folder / "confusion_matrix.csv")
-        fig = Figure(figsize=(1 + 0.5 * len(names), 1 + 0.5 * len(names)))
-        ax = fig.subplots()
-        ax.imshow(confusion.numpy(), cmap="Blues")
-        ax.set(xticks=range(len(names)), yticks=range(len(names)), xlabel="predicted", ylabel="true")
-        ax.set_xticklabels(names, rotation=90)
-        ax.set_yticklabels(names)
-        for (i, j), count in pd.DataFrame(confusion.numpy()).stack().items():
-            ax.text(j, i, int(count), ha="center", va="center", fontsize=7)
-        fig.tight_layout()
-        fig.savefig(folder / "confusion_matrix.png", dpi=120)
+        plot_confusion(confusion.numpy(), names, folder / "confusion_matrix.png")
 
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams
@@ -308,7 +296,7 @@ class ClassificationModule(pl.LightningModule):
         for module in self.network.modules():
             for param in module.parameters(recurse=False):
                 if param.requires_grad:
-                    decay = norm_decay if isinstance(module, _NORM_TYPES) else bias_decay if param.ndim <= 1 else hp.weight_decay
+                    decay = norm_decay if isinstance(module, NORM_TYPES) else bias_decay if param.ndim <= 1 else hp.weight_decay
                     groups.setdefault(decay, []).append(param)
         return [{"params": params, "weight_decay": decay} for decay, params in groups.items() if params]
 

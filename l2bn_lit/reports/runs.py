@@ -1,25 +1,24 @@
-"""Collects the test metrics of finished runs into one table: one row per run, and mean/std per group.
-
-    python -m l2bn_lit.results RUNS_FOLDER [--metric test/acc] [--csv out.csv]
+"""Run folders as tables: finished runs and their test metrics, grouped by norm (with its options) and
+seed, and the analysis callbacks' measures per norm.
 
 A run is a folder holding ``config.yaml`` and ``metrics.csv`` (the CLI's CSV logger folder); runs that
 logged no test metric (interrupted, or never tested) are listed apart, with the ``last.ckpt`` to
-resume from. A run's group is the norm with its options (``model.init_args.norm`` and ``norm_options``, see
-:func:`norm_label`) and its seed ``seed_everything``, read from the config.
+resume from. A run's group is the norm with its options (``model.init_args.norm`` and
+``norm_options``, see :func:`norm_label`) and its seed ``seed_everything``, read from the config.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import yaml
 
-__all__ = ["scan_runs", "collect_runs", "norm_label", "summary_table"]
+__all__ = ["analysis_summary", "collect_runs", "norm_label", "parse_arm", "scan_runs", "summary_table"]
 
 
 def norm_label(norm: str, options: dict[str, Any] | None = None) -> str:
@@ -101,27 +100,50 @@ def summary_table(runs: pd.DataFrame, metrics: str | Sequence[str] = "test/acc",
     return pd.DataFrame(rows)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("folder")
-    parser.add_argument("--metric", default="test/acc")
-    parser.add_argument("--csv", help="also write the per-run table here")
-    args = parser.parse_args(argv)
-    runs, incomplete = scan_runs(args.folder, args.metric)
-    if runs.empty and incomplete.empty:
-        raise FileNotFoundError(f"no runs (config.yaml + metrics.csv) under {args.folder}")
-    if not runs.empty:
-        print(runs.drop(columns="run").to_markdown(index=False))
-        print()
-        print(summary_table(runs, args.metric).to_markdown(index=False, floatfmt=".4f"))
-    if not incomplete.empty:
-        print(f"\n{len(incomplete)} incomplete run(s), left out of the tables above:\n")
-        print(incomplete.to_markdown(index=False))
-    if args.csv:
-        runs.to_csv(args.csv, index=False)
+def parse_arm(arm: str) -> tuple[str, dict[str, Any]]:
+    """``"l2bn"`` -> ``("l2bn", {})``; ``"l2bn:rescale=true,eps=1e-3"`` -> the norm and its options
+    (values read as JSON, else YAML)."""
+    norm, _, options = arm.partition(":")
+    parsed = {}
+    for item in filter(None, options.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise ValueError(f"--norms {arm!r}: options are key=value pairs separated by commas, e.g. l2bn:rescale=true")
+        try:
+            parsed[key] = json.loads(value)  # 1e-3 is a number here (YAML 1.1 would read a string)
+        except ValueError:
+            parsed[key] = yaml.safe_load(value)  # True, yes, bare strings
+    return norm, parsed
 
 
-if __name__ == "__main__":
-    from .errors import run_main
+def analysis_summary(runs_by_norm: dict[str, list[Path]]) -> pd.DataFrame:
+    """One row per norm: each analysis measure per run, then mean and sample std over the runs.
 
-    run_main(main)
+    Per run: ``cv_in``/``cv_out``, the feature-norm spread averaged over layers and recorded steps;
+    ``intra_cos``, ``inter_angle``, ``scatter_ratio`` at the last recorded epoch; ``grad_log_std``,
+    the step-to-step standard deviation of log10 of each layer's gradient norm over the second half
+    of the recorded steps, averaged over layers (lower: a steadier gradient scale).
+    """
+    rows = []
+    for norm, runs in runs_by_norm.items():
+        per_run = []
+        for run in runs:
+            values: dict[str, float] = {}
+            if (run / "feature_norms.csv").is_file():
+                norms = pd.read_csv(run / "feature_norms.csv")
+                values.update(cv_in=norms["cv_in"].mean(), cv_out=norms["cv_out"].mean())
+            if (run / "geometry.csv").is_file():
+                geometry = pd.read_csv(run / "geometry.csv")
+                values.update(geometry.loc[geometry["epoch"].idxmax(), ["intra_cos", "inter_angle", "scatter_ratio"]].to_dict())
+            if (run / "grad_norms.csv").is_file():
+                grads = pd.read_csv(run / "grad_norms.csv")
+                steps = sorted(grads["step"].unique())
+                late = grads[grads["step"].isin(steps[len(steps) // 2 :])]
+                values["grad_log_std"] = late.assign(log=np.log10(late["grad_norm"])).groupby("layer")["log"].std().mean()
+            per_run.append(values)
+        table = pd.DataFrame(per_run)
+        row: dict[str, Any] = {"norm": norm, "runs": len(table)}
+        for column in table:
+            row[f"{column} mean"], row[f"{column} std"] = table[column].mean(), table[column].std()
+        rows.append(row)
+    return pd.DataFrame(rows)

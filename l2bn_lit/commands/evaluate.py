@@ -1,6 +1,6 @@
 """Many checkpoints on one split in one pass: a leaderboard and the ensemble.
 
-    python -m l2bn_lit.evaluate --config configs/<x>.yaml [--data.init_args.* ...] CKPT|FOLDER [...]
+    l2bn evaluate --config configs/<x>.yaml [--data.init_args.* ...] CKPT|FOLDER [...]
         [--out runs/evaluate] [--split test|val|predict] [--device-model DEVICE=CKPT ...] [--precision auto|32|16|bf16]
 
 Each checkpoint builds its own model from its saved settings (architecture, norm, front-end), so a
@@ -14,7 +14,7 @@ into ``--out``: per checkpoint the precision it ran at (``--precision``: 16 for 
 as the DCASE baselines ship them), the macro class-wise accuracy (DCASE's rank), accuracy, log loss,
 for audio the macro accuracy on devices seen in training and on unseen ones, parameters, their memory
 at the dtype they ran at and MACs (torchinfo's count plus L2BN's per-sample norms,
-:mod:`l2bn_lit.complexity`); a device-specific system's figures are its largest model's (the limits
+:mod:`l2bn_lit.reports.complexity`); a device-specific system's figures are its largest model's (the limits
 hold per device model), an ensemble's the sum;
 and an ensemble row (the mean of the models' probabilities).
 
@@ -28,7 +28,6 @@ unlabeled predict list, from the last row's system (device-specific, ensemble or
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import sys
@@ -38,15 +37,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
-from .cli import LINKED
-from .serialization import SAFE_GLOBALS, load_checkpoint
-from .complexity import complexity_report
-from .dcase import dcase_report, write_submission
-from .module import CheckpointMismatchError, ClassificationModule, architecture_mismatches
+from l2bn_lit.lit.base import ClassificationModule
+from l2bn_lit.lit.cli import LINKED
+from l2bn_lit.lit.cli import main as cli_main
+from l2bn_lit.lit.loading import load_module
+from l2bn_lit.reports.complexity import complexity_report
+from l2bn_lit.reports.dcase_scores import dcase_report, write_submission
 
-__all__ = ["find_checkpoints", "evaluate_checkpoints", "load_module", "main", "parse_device_model"]
+from .options import parse_device_model
+
+__all__ = ["evaluate_checkpoints", "find_checkpoints", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -67,26 +68,6 @@ def find_checkpoints(paths: list[str]) -> list[Path]:
         if not runs:
             raise FileNotFoundError(f"{item}: no .ckpt file under this folder")
     return found
-
-
-def load_module(path: Path, data_settings: dict[str, Any], default: type[ClassificationModule]) -> ClassificationModule:
-    """The checkpoint's model, built from the checkpoint's own settings; its class as the CLI saved it
-    (the hyperparameters' ``_class_path``, or the run's ``config.yaml``), else ``default``."""
-    saved = load_checkpoint(path)["hyper_parameters"]
-    mismatches = architecture_mismatches(data_settings, saved, tuple(k for k in LINKED if data_settings.get(k) is not None))
-    if mismatches:
-        mismatches = mismatches.replace(": model=", ": data=")
-        raise CheckpointMismatchError(f"{path} does not fit the data: {mismatches}; evaluate it with the data it was trained on")
-    class_path = saved.get("_class_path")  # LightningCLI saves it with the hyperparameters
-    config = path.parent.parent / "config.yaml"
-    if class_path is None and config.is_file():
-        class_path = yaml.safe_load(config.read_text())["model"]["class_path"]
-    cls = default
-    if class_path is not None:
-        module_name, _, name = class_path.rpartition(".")
-        cls = getattr(importlib.import_module(module_name), name)
-    with torch.serialization.safe_globals(list(SAFE_GLOBALS)):
-        return cls.load_from_checkpoint(path, map_location="cpu", weights_only=True).eval()
 
 
 def _metrics(probs: np.ndarray, labels: np.ndarray, devices: list[str] | None, known: set[str], class_names: list[str]) -> dict[str, float]:
@@ -132,7 +113,7 @@ def evaluate_checkpoints(
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(prog="python -m l2bn_lit.evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="l2bn evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoints", nargs="+", help="checkpoint files or run/sweep folders (with --device-model: the first is the general model)")
     parser.add_argument("--out", default="runs/evaluate", help="folder for leaderboard.md/csv (and output.csv with --split predict)")
     parser.add_argument("--split", choices=("test", "val", "predict"), default="test",
@@ -144,8 +125,6 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
                         help="the precision of the network on the features (auto: 16 for the DCASE audio models, as the "
                         "baselines ship them with model.half(); 32 for image models)")
     own, cli_args = _split_args(parser, argv)
-    from .cli import main as cli_main
-
     cli = cli_main(cli_args, run=False)
     data = cli.datamodule
     if getattr(data, "feature_cache", None) is not None:
@@ -225,13 +204,6 @@ def _set_precision(models: list[ClassificationModule], precision: str) -> str:
     return precision
 
 
-def parse_device_model(item: str) -> tuple[str, Path]:
-    device, sep, path = item.partition("=")
-    if not sep or not device or not Path(path).is_file():
-        raise ValueError(f"--device-model {item!r}: give DEVICE=CHECKPOINT with an existing checkpoint, e.g. a=runs/a/best.ckpt")
-    return device, Path(path)
-
-
 def _routed(general: np.ndarray, by_device: dict[str, np.ndarray], devices: list[str] | None, files: list[str] | None = None) -> np.ndarray:
     """Each clip's probabilities from its device's model, or from the general model (a device no model
     is routed to). A clip whose list gives no device is an error naming it: sending it to the general
@@ -270,6 +242,6 @@ def _split_args(parser: argparse.ArgumentParser, argv: list[str]) -> tuple[argpa
 
 
 if __name__ == "__main__":
-    from .errors import run_main
+    from l2bn_lit.errors import run_main
 
     run_main(main)

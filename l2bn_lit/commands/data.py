@@ -1,8 +1,8 @@
-"""Getting and checking the DCASE data: ``python -m l2bn_lit.data`` (or ``l2bn data``).
+"""Getting and checking the DCASE data: ``l2bn data`` (or ``l2bn data``).
 
-    python -m l2bn_lit.data list [--sizes] [--mirror URL]
-    python -m l2bn_lit.data download DATASET --root DIR [--mirror URL] [--keep-archives]
-    python -m l2bn_lit.data check --root DIR [--lists evaluation_setup/fold1_train.csv ...] [--sample-rate 44100 --channels 1 --labels ...]
+    l2bn data list [--sizes] [--mirror URL]
+    l2bn data download DATASET --root DIR [--mirror URL] [--keep-archives]
+    l2bn data check --root DIR [--lists evaluation_setup/fold1_train.csv ...] [--sample-rate 44100 --channels 1 --labels ...]
 
 ``download`` (:mod:`datamodules.tau_download`) resumes interrupted files, checks every archive's MD5
 before extracting it and leaves ``DIR`` in the layout the TAU datamodule reads. ``check``
@@ -46,7 +46,7 @@ def _progress(name: str, done: int, total: int | None) -> None:
 def _download(args: argparse.Namespace) -> int:
     specs = dataset_specs()
     if args.dataset not in specs:
-        raise SystemExit(f"unknown DATASET {args.dataset!r}; choose one of {', '.join(specs)} (python -m l2bn_lit.data list)")
+        raise SystemExit(f"unknown DATASET {args.dataset!r}; choose one of {', '.join(specs)} (l2bn data list)")
     spec = with_mirror(specs[args.dataset], args.mirror)
     try:
         root = download(spec, args.root, progress=None if args.quiet else _progress, keep_archives=args.keep_archives)
@@ -89,7 +89,7 @@ def _print_items(label: str, items: list[str], show: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m l2bn_lit.data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="l2bn data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="the data sets download knows")
     listing.add_argument("--sizes", action="store_true", help="ask the server for each file's size (HTTP HEAD)")
@@ -114,6 +114,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from .errors import run_main
+    from l2bn_lit.errors import run_main
 
     sys.exit(run_main(main))
