@@ -28,7 +28,7 @@ import torchaudio.functional as AF
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
-from models.frontend import fit_length, read_audio
+from models.frontend import LogMel, fit_length, read_audio
 
 from .base import ClassificationDataModule
 from .cache_files import keyed_cache_path
@@ -314,12 +314,12 @@ class TAUScenesDataModule(ClassificationDataModule):
     def _frontend(self) -> tuple[nn.Module, dict[str, Any]]:
         """The attached model's log-mel front-end and the settings that key the cache."""
         model = self.trainer.lightning_module if self.trainer is not None else None
-        if model is None or not hasattr(model, "frontend_settings"):
+        if model is None or not isinstance(getattr(model, "frontend", None), LogMel):
             raise RuntimeError(
                 "data option feature_cache needs a model with a log-mel front-end (l2bn_lit.lit.AudioSceneClassifier) "
                 "attached through a Trainer; set feature_cache to null to extract on the fly"
             )
-        settings = dict(model.frontend_settings)
+        settings = model.frontend.options  # the front-end's own description: the cache's key
         if settings["sample_rate"] != self.sample_rate:
             raise ValueError(f"the model's front-end expects {settings['sample_rate']} Hz, the data is at {self.sample_rate} Hz")
         return model.frontend, {**settings, "samples": self.samples}

@@ -3,9 +3,18 @@
 Wang et al., "L2BN: Enhancing Batch Normalization by Equalizing the L2 Norms of Features",
 arXiv 2207.02625.
 
-Layout, from the bottom up: :mod:`l2bn_lit.nn` (the layer family, torch only) -> ``models/`` ->
-:mod:`l2bn_lit.module` (the LightningModule) -> :mod:`l2bn_lit.cli` and the tools (sweep, results,
-analysis, dcase, complexity; ``python -m l2bn_lit`` / ``l2bn``). Importing ``l2bn_lit`` loads the
+Layout, from the bottom up (docs/layout.md; the import contracts in pyproject.toml check it):
+
+- :mod:`l2bn_lit.nn`: the layer family, torch only;
+- ``models/`` (the networks) and :mod:`l2bn_lit.reports` (run tables, intervals, plots, DCASE scores,
+  complexity counting), independent of each other;
+- :mod:`l2bn_lit.lit` (LightningModules, callbacks, the LayerSync plugin, the LightningCLI) with
+  ``datamodules/``;
+- :mod:`l2bn_lit.commands`: one module per ``l2bn`` tool, run by :mod:`l2bn_lit.__main__` (``l2bn`` /
+  ``python -m l2bn_lit``).
+
+Beside them: :mod:`l2bn_lit.errors` (short errors), :mod:`l2bn_lit.serialization` (weights-only
+loading) and ``_moved`` (the module paths from before the folders). Importing ``l2bn_lit`` loads the
 layer family only.
 """
 

@@ -16,7 +16,7 @@ from l2bn_lit.lit.cli import main
 from l2bn_lit.lit.base import CheckpointMismatchError
 from models import AudioSceneClassifier
 from models.audio_augment import SpecAugment
-from models.frontend import LogMel
+from models.frontend import LogMel, LogMelSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART_DCASE = str(ROOT / "configs" / "quickstart_dcase.yaml")
@@ -71,7 +71,8 @@ def test_checkpoint_with_other_front_end_is_refused(tmp_path):
     cli = _cli(tmp_path, "fit", "--config", QUICKSTART_DCASE, "--trainer.max_epochs", "1", "--test_after_fit", "false")
     ckpt = Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
     data = TAUScenesDataModule(str(tmp_path / "dcase"), sample_rate=16000, duration=1.0)
-    other = AudioSceneClassifier(num_classes=5, input_shape=[16000], sample_rate=16000, n_fft=512, hop_length=256, n_mels=40)
+    other = AudioSceneClassifier(num_classes=5, input_shape=[16000], sample_rate=16000,
+                                 frontend=LogMelSettings(n_fft=512, hop_length=256, n_mels=40))
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
     with pytest.raises(CheckpointMismatchError, match="n_mels: model=40 checkpoint=64"):
         trainer.test(other, datamodule=data, ckpt_path=str(ckpt))
@@ -87,17 +88,38 @@ def test_checkpoint_of_another_label_set_is_refused(tmp_path):
     ckpt = Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
     renamed = ["airport", "bus", "metro", "park", "tram"]
     other = AudioSceneClassifier(
-        num_classes=5, input_shape=[16000], sample_rate=16000, n_fft=512, hop_length=256, n_mels=64, class_names=renamed
+        num_classes=5, input_shape=[16000], sample_rate=16000, frontend={"n_fft": 512, "hop_length": 256, "n_mels": 64},
+        class_names=renamed,
     )
     with pytest.raises(CheckpointMismatchError, match="class_names"):
         other.on_load_checkpoint(torch.load(ckpt, weights_only=True))
+
+
+def test_a_checkpoint_with_the_front_end_settings_as_separate_keys_loads_and_is_checked(tmp_path):
+    """Checkpoints written before ``frontend`` held ``n_fft``, ``n_mels``, ... as hyperparameters of their
+    own: they load into the same model, and are refused by a model with other settings."""
+    cli = _cli(tmp_path, "fit", "--config", QUICKSTART_DCASE, "--trainer.max_epochs", "1", "--test_after_fit", "false")
+    checkpoint = torch.load(Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt", weights_only=True)
+    hparams = checkpoint["hyper_parameters"]
+    assert hparams["frontend"]["n_mels"] == 64 and "n_mels" not in hparams
+    hparams.update(hparams.pop("frontend"))  # the layout of the older checkpoints
+    old = tmp_path / "old.ckpt"
+    torch.save(checkpoint, old)
+    model = AudioSceneClassifier.load_from_checkpoint(old, weights_only=True)
+    assert model.frontend.settings == LogMelSettings(n_fft=512, hop_length=256, n_mels=64)
+    assert model.hparams.frontend == cli.model.hparams.frontend
+    features = torch.randn(2, 16000)
+    torch.testing.assert_close(model.eval()(features), cli.model.eval()(features))
+    other = AudioSceneClassifier(num_classes=5, input_shape=[16000], sample_rate=16000, frontend={"n_fft": 512, "hop_length": 256})
+    with pytest.raises(CheckpointMismatchError, match=r"frontend\.n_mels: model=128 checkpoint=64"):
+        other.on_load_checkpoint(torch.load(old, weights_only=True))
 
 
 def test_cli_refuses_front_end_options_that_contradict_the_checkpoint(tmp_path):
     cli = _cli(tmp_path, "fit", "--config", QUICKSTART_DCASE, "--trainer.max_epochs", "1", "--test_after_fit", "false")
     ckpt = str(Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt")
     with pytest.raises(CheckpointMismatchError, match="n_mels: model=40 checkpoint=64"):
-        _cli(tmp_path, "test", "--config", QUICKSTART_DCASE, "--model.init_args.n_mels", "40", "--ckpt_path", ckpt)
+        _cli(tmp_path, "test", "--config", QUICKSTART_DCASE, "--model.init_args.frontend.n_mels", "40", "--ckpt_path", ckpt)
 
 
 def test_frequency_split_resnet_keeps_its_two_bands_apart():

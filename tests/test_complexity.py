@@ -51,7 +51,7 @@ def test_audio_models_count_the_network_without_the_frontend(capsys):
     from models import AudioSceneClassifier
 
     model = AudioSceneClassifier(num_classes=10, input_shape=[16000], sample_rate=16000, arch="dcase_baseline",
-                                 n_fft=512, hop_length=256, n_mels=40)
+                                 frontend={"n_fft": 512, "hop_length": 256, "n_mels": 40})
     report = complexity_report(model, [16000])
     frames = 1 + 16000 // 256  # centred STFT
     assert report["macs_frontend"] == frames * (512 // 2 + 1) * 40  # the mel filterbank product (FFT not counted)

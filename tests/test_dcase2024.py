@@ -192,8 +192,9 @@ def test_the_task_config_is_the_baselines_recipe(tmp_path):
     config = yaml.safe_load(Path(CONFIG).read_text())
     model, data = config["model"]["init_args"], config["data"]["init_args"]
     assert config["trainer"]["max_epochs"] == 150 and data["batch_size"] == 256 and data["sample_rate"] == 32000
-    assert (model["n_fft"], model["win_length"], model["hop_length"], model["n_mels"]) == (4096, 3072, 500, 256)
-    assert (model["log"], model["log_floor"], model["freq_mask"], model["freq_masks"], model["mask_value"]) == ("log", 1e-5, 48, 1, "floor")
+    mel = model["frontend"]
+    assert (mel["n_fft"], mel["win_length"], mel["hop_length"], mel["n_mels"]) == (4096, 3072, 500, 256)
+    assert (mel["log"], mel["log_floor"], model["freq_mask"], model["freq_masks"], model["mask_value"]) == ("log", 1e-5, 48, 1, "floor")
     assert model["roll_seconds"] == 0.1 and not model.get("time_roll", False)
     assert (model["optimizer"], model["lr"], model["weight_decay"], model["warmup_steps"]) == ("adamw", 5e-3, 1e-4, 2000)
     assert model["norm_weight_decay"] is None and model["bias_weight_decay"] is None  # AdamW on every parameter

@@ -22,9 +22,10 @@ def _data(root, cache) -> TAUScenesDataModule:
     return TAUScenesDataModule(str(root), sample_rate=RATE, duration=DURATION, batch_size=8, feature_cache=cache and str(cache))
 
 
-def _model(data: TAUScenesDataModule, **options) -> AudioSceneClassifier:
-    front = {"n_fft": 512, "hop_length": 256, "n_mels": 32, **options}
-    return AudioSceneClassifier(data.num_classes, data.input_shape, RATE, arch="small_cnn", class_names=data.class_names, **front)
+def _model(data: TAUScenesDataModule, n_mels: int = 32, **options) -> AudioSceneClassifier:
+    front = {"n_fft": 512, "hop_length": 256, "n_mels": n_mels}
+    return AudioSceneClassifier(data.num_classes, data.input_shape, RATE, arch="small_cnn", class_names=data.class_names,
+                                frontend=front, **options)
 
 
 def _trainer(tmp_path) -> pl.Trainer:
@@ -84,7 +85,8 @@ def test_cache_needs_a_model_front_end_and_a_matching_rate(synthetic_root, tmp_p
     data = _data(synthetic_root, tmp_path / "cache")
     with pytest.raises(RuntimeError, match="feature_cache needs a model with a log-mel front-end"):
         data.setup()
-    other_rate = AudioSceneClassifier(5, [8000], 8000, arch="small_cnn", n_fft=256, hop_length=128, n_mels=16)
+    other_rate = AudioSceneClassifier(5, [8000], 8000, arch="small_cnn",
+                                      frontend={"n_fft": 256, "hop_length": 128, "n_mels": 16})
     with pytest.raises(ValueError, match="front-end expects 8000 Hz, the data is at 16000 Hz"):
         _trainer(tmp_path).fit(other_rate, data)
 

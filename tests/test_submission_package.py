@@ -124,7 +124,7 @@ def test_the_package_installs_runs_without_the_project_and_predicts_as_evaluate(
 def test_checkpoints_that_cannot_make_one_submission_are_refused(dcase_runs, tmp_path):
     general, device_a = _checkpoints(dcase_runs)
     other = load_checkpoint(device_a)
-    other["hyper_parameters"]["f_max"] = 6000.0  # another front-end (same shapes, other mel filters)
+    other["hyper_parameters"]["frontend"]["f_max"] = 6000.0  # another front-end (same shapes, other mel filters)
     torch.save(other, tmp_path / "other_frontend.ckpt")
     with pytest.raises(PackageError, match=r"other_frontend.ckpt: its front-end or classes differ from the general model's \(f_max=6000.0 \(general: None\)\)"):
         submission_spec(general, {"a": tmp_path / "other_frontend.ckpt"})

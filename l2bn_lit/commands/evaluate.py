@@ -98,8 +98,9 @@ def evaluate_checkpoints(
         x = x.to(device)
         features: dict[str, torch.Tensor] = {}
         for index, model in enumerate(models):
-            settings = getattr(model, "frontend_settings", None)
-            if settings is not None and x.dim() == 2:
+            frontend = getattr(model, "frontend", None)
+            if frontend is not None and x.dim() == 2:
+                settings = frontend.options
                 key = json.dumps(settings, sort_keys=True)
                 if key not in features:
                     features[key] = model.frontend(x)

@@ -107,7 +107,7 @@ def submission_spec(general: Path, device_models: dict[str, Path], precision: st
     first = modules[GENERAL]
 
     def shared(module: AudioSceneClassifier) -> dict[str, Any]:
-        return {**module.frontend_settings, "samples": module.hparams.input_shape[0], "class_names": list(module.hparams.class_names)}
+        return {**module.frontend.options, "samples": module.hparams.input_shape[0], "class_names": list(module.hparams.class_names)}
 
     for name, module in modules.items():
         differ = {key: (value, shared(first)[key]) for key, value in shared(module).items() if value != shared(first)[key]}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from dataclasses import asdict, fields
 from typing import Any, Literal
 
 import torch
@@ -11,7 +12,7 @@ from torch import Tensor, nn
 
 from models.audio import LogMelClassifier, build_audio_model
 from models.audio_augment import FreqMixStyle, SpecAugment, TimeRoll, WaveRoll
-from models.frontend import LogMel
+from models.frontend import LogMel, LogMelSettings
 
 from l2bn_lit.reports.dcase_scores import dcase_report, write_submission
 
@@ -19,8 +20,8 @@ from .base import ClassificationModule, run_folder
 
 __all__ = ["AudioSceneClassifier"]
 
-#: the log-mel front-end's options
-FRONTEND_KEYS = ("n_fft", "hop_length", "n_mels", "f_min", "f_max", "log", "top_db", "win_length", "log_floor")
+#: the front-end settings checkpoints written before ``frontend`` held as hyperparameters of their own
+_FLAT_FRONTEND_KEYS = tuple(field.name for field in fields(LogMelSettings))
 
 
 #: inference precisions by name (``l2bn evaluate --precision``, ``predict_precision``)
@@ -31,8 +32,10 @@ class AudioSceneClassifier(ClassificationModule):
     """Waveform ``(N, samples)`` at ``sample_rate`` (or its log-mel ``(N, 1, n_mels, frames)`` from
     the datamodule's feature cache) -> ``(N, num_classes)`` logits.
 
-    The front-end settings belong to the architecture: they are saved in the checkpoint, and a
-    checkpoint is refused by a model with other settings (or another sample rate).
+    The front-end settings (:class:`models.frontend.LogMelSettings`) belong to the architecture: they
+    are saved in the checkpoint, and a checkpoint is refused by a model with other settings (or
+    another sample rate). The walk of ``norm``: ``model.init_args.norm`` -> here ->
+    :func:`models.audio.build_audio_model` -> the architecture's blocks.
 
     ``test`` also writes and prints the DCASE report (:func:`l2bn_lit.reports.dcase_scores.dcase_report`: macro
     class-wise accuracy, log loss, class-wise and device-wise tables) into the run folder;
@@ -41,24 +44,26 @@ class AudioSceneClassifier(ClassificationModule):
     Args:
         num_classes, input_shape, sample_rate: linked from the datamodule by the CLI.
         arch: a name from :data:`models.audio.AUDIO_ARCHITECTURES`.
+        norm: normalization by name (``bn``, ``l2bn``, ``gn``, ``ln``, ``none``; :data:`l2bn_lit.NORM_KINDS`).
+        norm_options: the norm's own options, e.g. ``{"rescale": true}`` for ``l2bn``.
         arch_options: keyword arguments of the architecture's constructor, e.g. CP-Mobile's
             ``{"expansion_rate": 2.0}`` (part of the architecture: checked against checkpoints).
-        n_fft, hop_length, n_mels, f_min, f_max, log, top_db, win_length: the log-mel front-end (:class:`LogMel`).
+        frontend: the log-mel front-end's :class:`~models.frontend.LogMelSettings` (``None``: their defaults),
+            e.g. ``{n_fft: 4096, win_length: 3072, hop_length: 500, n_mels: 256, log: log}``.
         freq_mask, time_mask: SpecAugment mask widths in bins/frames (0: off), training only.
-        log_floor: added to the mel power before ``log: log`` (the DCASE 2024/2025 baselines: 1e-5).
         freq_masks: how many frequency (and time) masks SpecAugment applies (the baselines: one).
         mask_value: ``zero`` fills masked bins with 0.0; ``floor`` with ``log(log_floor)``, which is what
-            masking the power spectrogram before the log gives (the baselines).
+            masking the power spectrogram before the log gives (the baselines); needs ``frontend.log: log``.
         time_roll: roll each training log-mel along time by a random number of frames (up to the whole clip).
         roll_seconds: roll each training waveform by a uniform shift of at most this many seconds before
             the front-end (the baselines: 0.1); waveform inputs only (the feature cache's log-mels are fixed).
         mixstyle_p, mixstyle_alpha: Freq-MixStyle probability per batch (0: off) and Beta parameter.
         predict_precision: the precision ``predict`` runs the network on the features at (``16``: as
             the DCASE baselines ship their models, ``model.half()``; see :meth:`set_inference_precision`).
-        **kwargs: :class:`~l2bn_lit.lit.base.ClassificationModule` options (norm, optimizer, mixup, ...).
+        **kwargs: :class:`~l2bn_lit.lit.base.ClassificationModule` options (init, optimizer, mixup, ...).
     """
 
-    architecture_keys = (*ClassificationModule.architecture_keys, "arch", "arch_options", *FRONTEND_KEYS)
+    architecture_keys = (*ClassificationModule.architecture_keys, "arch", "arch_options", "norm", "norm_options", "frontend")
 
     def __init__(
         self,
@@ -67,15 +72,9 @@ class AudioSceneClassifier(ClassificationModule):
         sample_rate: int | None = None,
         arch: str = "dcase_baseline",
         arch_options: dict[str, Any] | None = None,
-        n_fft: int = 2048,
-        hop_length: int = 1024,
-        n_mels: int = 128,
-        f_min: float = 0.0,
-        f_max: float | None = None,
-        log: Literal["db", "log"] = "db",
-        top_db: float | None = 80.0,
-        win_length: int | None = None,
-        log_floor: float = 1e-6,
+        norm: str = "l2bn",
+        norm_options: dict[str, Any] | None = None,
+        frontend: LogMelSettings | None = None,
         freq_mask: int = 0,
         time_mask: int = 0,
         freq_masks: int = 2,
@@ -89,23 +88,40 @@ class AudioSceneClassifier(ClassificationModule):
     ) -> None:
         if sample_rate is None:
             raise ValueError("AudioSceneClassifier needs the audio sample_rate (linked from an audio datamodule)")
-        super().__init__(num_classes=num_classes, input_shape=input_shape, sample_rate=sample_rate, **kwargs)
+        settings = self._frontend_settings(frontend, kwargs)
+        if mask_value == "floor" and settings.log != "log":
+            raise ValueError("mask_value floor fills masks with log(log_floor): it needs frontend.log: log (not db)")
+        roll = [TimeRoll()] if time_roll else []
+        augment = nn.Sequential(*roll, SpecAugment(freq_mask, time_mask, freq_masks, math.log(settings.log_floor) if mask_value == "floor" else 0.0),
+                                FreqMixStyle(mixstyle_p, mixstyle_alpha))
+        network = LogMelClassifier(LogMel(sample_rate, settings), augment,
+                                   build_audio_model(arch, num_classes, norm, norm_options, arch_options),
+                                   WaveRoll(round(roll_seconds * sample_rate)) if roll_seconds else None)
+        # the hyperparameter save_hyperparameters() reads from this frame: plain data, as checkpoints load weights-only
+        frontend = asdict(settings)  # noqa: F841
+        super().__init__(network, num_classes=num_classes, input_shape=input_shape, sample_rate=sample_rate, **kwargs)
         self._probs: list[Tensor] = []
         self._labels: list[Tensor] = []
 
-    def build_network(self) -> nn.Module:
-        hp = self.hparams
-        if hp.mask_value == "floor" and hp.log != "log":
-            raise ValueError("mask_value floor fills masks with log(log_floor): it needs log: log (not db)")
-        frontend = LogMel(hp.sample_rate, hp.n_fft, hp.hop_length, hp.n_mels, hp.f_min, hp.f_max, hp.log, hp.top_db, hp.win_length,
-                          hp.log_floor)
-        cnn = build_audio_model(hp.arch, hp.num_classes, hp.norm, hp.norm_options, hp.arch_options)
-        roll = [TimeRoll()] if hp.time_roll else []
-        mask_value = math.log(hp.log_floor) if hp.mask_value == "floor" else 0.0
-        augment = nn.Sequential(*roll, SpecAugment(hp.freq_mask, hp.time_mask, hp.freq_masks, mask_value),
-                                FreqMixStyle(hp.mixstyle_p, hp.mixstyle_alpha))
-        wave = WaveRoll(round(hp.roll_seconds * hp.sample_rate)) if hp.roll_seconds else None
-        return LogMelClassifier(frontend, augment, cnn, wave)
+    @staticmethod
+    def _frontend_settings(frontend: LogMelSettings | dict[str, Any] | None, kwargs: dict[str, Any]) -> LogMelSettings:
+        """The settings from ``frontend`` (a dict when read back from a checkpoint), or from the separate
+        ``n_fft``, ``n_mels``, ... hyperparameters of a checkpoint written before ``frontend`` (taken out of ``kwargs``)."""
+        flat = {key: kwargs.pop(key) for key in _FLAT_FRONTEND_KEYS if key in kwargs}
+        if flat and frontend is not None:
+            raise ValueError(f"give the front-end settings as frontend: {{...}}, not also as {sorted(flat)}")
+        if isinstance(frontend, LogMelSettings):
+            return frontend
+        return LogMelSettings(**(frontend or flat))
+
+    @classmethod
+    def saved_architecture(cls, saved: dict[str, Any]) -> dict[str, Any]:
+        """A checkpoint's hyperparameters with the separate front-end keys of older checkpoints folded
+        into ``frontend``, so that they are compared with this model's as well."""
+        if "frontend" in saved or not any(key in saved for key in _FLAT_FRONTEND_KEYS):
+            return saved
+        rest = dict(saved)
+        return {**rest, "frontend": asdict(cls._frontend_settings(None, rest))}
 
     @property
     def frontend(self) -> LogMel:
@@ -128,11 +144,6 @@ class AudioSceneClassifier(ClassificationModule):
         """The network on the log-mels ``(N, 1, n_mels, frames)`` -> ``(N, num_classes)`` logits: what
         the DCASE complexity limits count (the augmentation between them is the identity at inference)."""
         return self.network.cnn
-
-    @property
-    def frontend_settings(self) -> dict[str, Any]:
-        """Everything the front-end's output depends on (the datamodule's feature-cache key)."""
-        return {key: self.hparams[key] for key in ("sample_rate", *FRONTEND_KEYS)}
 
     def test_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         logits = super().test_step(batch, batch_idx)

@@ -1,14 +1,14 @@
 """The shared classification LightningModule of the image and audio pipelines.
 
-Subclasses build the network (:meth:`ClassificationModule.build_network`) and name the
-hyperparameters that define it (``architecture_keys``); everything else — loss, mixup/cutmix,
-optimizer and schedule, metrics, the test report, checkpoint checks — lives here once.
+Subclasses declare the network's settings (architecture, norm, front-end), build the network from
+them and hand it to :class:`ClassificationModule`, naming the hyperparameters that define it
+(``architecture_keys``); everything else — initialization, loss, mixup/cutmix, optimizer and
+schedule, metrics, the test report, checkpoint checks — lives here once.
 """
 
 from __future__ import annotations
 
 import math
-from abc import abstractmethod
 from pathlib import Path
 from typing import Any, Literal
 
@@ -59,14 +59,14 @@ def check_top_k(metrics: MetricCollection) -> None:
 
 
 class ClassificationModule(pl.LightningModule):
-    """Cross-entropy classification with the L2BN norm switch.
+    """Cross-entropy classification of ``network``'s logits ``(N, num_classes)``.
 
     Args:
+        network: the network a subclass built from its own settings (not a hyperparameter: the
+            settings it was built from are).
         num_classes: number of classes (linked from the datamodule by the CLI).
         input_shape: shape of one input sample, e.g. ``[3, 32, 32]`` (linked from the datamodule).
         sample_rate: samples per second of audio input (linked from the datamodule; None for images).
-        norm: normalization by name (``bn``, ``l2bn``, ``gn``, ``ln``, ``none``).
-        norm_options: the norm's own options, e.g. ``{"rescale": true}`` for ``l2bn``.
         init: convolution initialization (:func:`l2bn_lit.nn.init.initialize`): ``arch`` (the
             architecture's own; He's ``kaiming_fan_out`` for the CIFAR ResNets), ``torch`` (PyTorch's
             default), ``kaiming_fan_out`` or ``kaiming_fan_in``.
@@ -100,15 +100,14 @@ class ClassificationModule(pl.LightningModule):
     """
 
     #: hyperparameters that define the network; a checkpoint must agree with the model on them
-    architecture_keys: tuple[str, ...] = ("num_classes", "class_names", "input_shape", "sample_rate", "norm", "norm_options")
+    architecture_keys: tuple[str, ...] = ("num_classes", "class_names", "input_shape", "sample_rate")
 
     def __init__(
         self,
+        network: nn.Module,
         num_classes: int,
         input_shape: list[int] | None = None,
         sample_rate: int | None = None,
-        norm: str = "l2bn",
-        norm_options: dict[str, Any] | None = None,
         init: Literal["arch", "torch", "kaiming_fan_out", "kaiming_fan_in"] = "arch",
         optimizer: Literal["sgd", "adamw"] = "sgd",
         lr: float = 0.1,
@@ -135,8 +134,8 @@ class ClassificationModule(pl.LightningModule):
         init_from: str | None = None,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters()
-        self.network = initialize(self.build_network(), init)
+        self.save_hyperparameters(ignore=["network"])
+        self.network = initialize(network, init)
         if init_from is not None:
             self._load_network_weights(init_from)
         if channels_last:
@@ -161,10 +160,6 @@ class ClassificationModule(pl.LightningModule):
         self.test_per_class = MulticlassAccuracy(num_classes, average=None)
         self.test_confusion = MulticlassConfusionMatrix(num_classes)
 
-    @abstractmethod
-    def build_network(self) -> nn.Module:
-        """The network from ``self.hparams``: input batch -> ``(N, num_classes)`` logits."""
-
     @staticmethod
     def _batch_mix(num_classes: int, mixup_alpha: float, cutmix_alpha: float) -> nn.Module | None:
         mixes = []
@@ -176,9 +171,15 @@ class ClassificationModule(pl.LightningModule):
             return None
         return mixes[0] if len(mixes) == 1 else v2.RandomChoice(mixes)
 
+    @classmethod
+    def saved_architecture(cls, saved: dict[str, Any]) -> dict[str, Any]:
+        """A checkpoint's hyperparameters as this class names them (subclasses map older names)."""
+        return saved
+
     def _load_network_weights(self, path: str) -> None:
         checkpoint = load_checkpoint(path)
-        mismatches = architecture_mismatches(dict(self.hparams), checkpoint.get("hyper_parameters", {}), self.architecture_keys)
+        saved = self.saved_architecture(checkpoint.get("hyper_parameters", {}))
+        mismatches = architecture_mismatches(dict(self.hparams), saved, self.architecture_keys)
         if mismatches:
             raise CheckpointMismatchError(f"init_from={path}: the checkpoint's network differs from this model's: {mismatches}")
         state = {k.removeprefix("network."): v for k, v in checkpoint["state_dict"].items() if k.startswith("network.")}
@@ -332,7 +333,7 @@ class ClassificationModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuses a checkpoint whose architecture or normalization differs from this model's
         (BN and L2BN checkpoints have identical keys, so loading would silently succeed)."""
-        saved = checkpoint.get("hyper_parameters", {})
+        saved = self.saved_architecture(checkpoint.get("hyper_parameters", {}))
         mismatches = architecture_mismatches(dict(self.hparams), saved, self.architecture_keys)
         if mismatches:
             raise CheckpointMismatchError(
@@ -358,12 +359,20 @@ class WarmupCosine:
 
 
 def architecture_mismatches(current: dict[str, Any], saved: dict[str, Any], keys: tuple[str, ...]) -> str:
-    """``"key: current=... checkpoint=..."`` for each of ``keys`` that both define and differ on."""
-    diffs = [
-        f"{key}: model={current.get(key)!r} checkpoint={saved.get(key)!r}"
-        for key in keys
-        if key in saved and _normalized(current.get(key)) != _normalized(saved.get(key))
-    ]
+    """``"key: model=... checkpoint=..."`` for each of ``keys`` that both define and differ on (for a
+    setting made of several, e.g. ``frontend``, each differing part: ``frontend.n_mels: ...``)."""
+    diffs = []
+    for key in keys:
+        if key not in saved:
+            continue
+        mine, theirs = _normalized(current.get(key)), _normalized(saved.get(key))
+        if mine == theirs:
+            continue
+        if isinstance(mine, dict) and isinstance(theirs, dict) and mine and theirs:
+            parts = sorted(k for k in {*mine, *theirs} if mine.get(k) != theirs.get(k))
+            diffs += [f"{key}.{part}: model={mine.get(part)!r} checkpoint={theirs.get(part)!r}" for part in parts]
+        else:
+            diffs.append(f"{key}: model={current.get(key)!r} checkpoint={saved.get(key)!r}")
     return "; ".join(diffs)
 
 

@@ -221,9 +221,9 @@ class L2BNLightningCLI(LightningCLI):
             checkpoint = load_checkpoint(ckpt_path)  # refuses a missing, corrupt or unsafe file in one line
             self._checkpoint = {"path": ckpt_path, "epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step", 0)}
         if ckpt_path and model is not None and model.get("init_args") is not None and ckpt_path not in LIGHTNING_CKPT_NAMES:
-            saved = checkpoint["hyper_parameters"]
             cls = _import(model["class_path"])
-            defaults, given = _init_defaults(cls), dict(model["init_args"])
+            saved = cls.saved_architecture(checkpoint["hyper_parameters"])
+            defaults, given = _init_defaults(cls), _plain(model["init_args"])
             keys = tuple(
                 k for k in cls.architecture_keys if k not in LINKED and k in given and given[k] != defaults.get(k)
             )

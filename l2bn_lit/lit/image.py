@@ -1,12 +1,16 @@
 """The image-classification LightningModule: a network from :func:`models.build_model` on the
-shared :class:`l2bn_lit.lit.base.ClassificationModule`."""
+shared :class:`l2bn_lit.lit.base.ClassificationModule`.
+
+The walk of ``norm`` from a config to the layers: ``model.init_args.norm`` -> :class:`ImageClassifier`
+(here) -> :func:`models.registry.build_model` (``get_norm_layer(norm, **norm_options)`` of
+:mod:`l2bn_lit.nn.norms`) -> the architecture's blocks (e.g. :mod:`models.cifar_resnet`).
+"""
 
 from __future__ import annotations
 
 import itertools
 from typing import Any
 
-from torch import nn
 from torch.optim.swa_utils import update_bn
 
 from models.registry import build_model
@@ -23,6 +27,8 @@ class ImageClassifier(ClassificationModule):
     Args:
         num_classes, input_shape: linked from the datamodule by the CLI.
         arch: a name from :data:`models.ARCHITECTURES`, ``torchvision.<model name>`` or ``timm.<model name>``.
+        norm: normalization by name (``bn``, ``l2bn``, ``gn``, ``ln``, ``none``; :data:`l2bn_lit.NORM_KINDS`).
+        norm_options: the norm's own options, e.g. ``{"rescale": true}`` for ``l2bn``.
         pretrained: for ``torchvision.``/``timm.`` archs: ``default`` (the library's weights) or the path
             of a saved state dict (see :func:`models.build_model`).
         arch_options: keyword arguments of the architecture's constructor, e.g. ``{"shortcut": "A"}``
@@ -32,16 +38,18 @@ class ImageClassifier(ClassificationModule):
             Pretrained BN statistics describe BN's input; L2BN normalizes the l2-normalized input, whose
             scale is about ``1/sqrt(D)`` of it, so the old statistics would be off by that factor.
             ``torch.optim.swa_utils.update_bn`` does the re-estimation (a cumulative average).
-        **kwargs: :class:`~l2bn_lit.lit.base.ClassificationModule`'s options (norm, optimizer, ...).
+        **kwargs: :class:`~l2bn_lit.lit.base.ClassificationModule`'s options (init, optimizer, schedule, ...).
     """
 
-    architecture_keys = (*ClassificationModule.architecture_keys, "arch", "arch_options")
+    architecture_keys = (*ClassificationModule.architecture_keys, "arch", "arch_options", "norm", "norm_options")
 
     def __init__(
         self,
         num_classes: int,
         input_shape: list[int] | None = None,
         arch: str = "resnet20",
+        norm: str = "l2bn",
+        norm_options: dict[str, Any] | None = None,
         pretrained: str | None = None,
         arch_options: dict[str, Any] | None = None,
         recalibration_batches: int = 100,
@@ -51,13 +59,10 @@ class ImageClassifier(ClassificationModule):
             raise ValueError("ImageClassifier takes image data; the datamodule provides audio (sample_rate is set)")
         if pretrained is not None and kwargs.get("init", "arch") != "arch":
             raise ValueError(f"init={kwargs['init']!r} would overwrite the pretrained weights: use init: arch with pretrained")
-        super().__init__(num_classes=num_classes, input_shape=input_shape, **kwargs)
-        self.norm_stats_ready = not (pretrained is not None and self.hparams.norm == "l2bn")
-
-    def build_network(self) -> nn.Module:
-        hp = self.hparams
-        in_channels = hp.input_shape[0] if hp.input_shape else 3
-        return build_model(hp.arch, hp.num_classes, in_channels, hp.norm, hp.norm_options, hp.pretrained, hp.arch_options)
+        in_channels = input_shape[0] if input_shape else 3
+        network = build_model(arch, num_classes, in_channels, norm, norm_options, pretrained, arch_options)
+        super().__init__(network, num_classes=num_classes, input_shape=input_shape, **kwargs)
+        self.norm_stats_ready = not (pretrained is not None and norm == "l2bn")
 
     def recalibrate_norms(self) -> None:
         """Re-estimates the running statistics of pretrained norms converted to L2BN (once)."""
