@@ -49,8 +49,15 @@ def one_fit(args: argparse.Namespace, with_analysis: bool, folder: str) -> tuple
     clock = EpochClock()
     analysis = [FeatureNormMonitor(), GradientNormMonitor(), PenultimateGeometry()] if with_analysis else []
     trainer = pl.Trainer(
-        accelerator=args.device, devices=1, max_epochs=1, logger=pl.loggers.CSVLogger(folder), enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, callbacks=[clock, *analysis],
+        accelerator=args.device,
+        devices=1,
+        max_epochs=1,
+        logger=pl.loggers.CSVLogger(folder),
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[clock, *analysis],
     )
     model = ImageClassifier(10, [3, 32, 32], arch=args.arch, norm=args.norm)
     trainer.fit(model, train, val)
@@ -76,10 +83,17 @@ def main() -> None:
     plain = statistics.median(t[0] for t in times[False])
     analysed = statistics.median(t[0] for t in times[True])
     end = statistics.median(t[1] for t in times[True]) - statistics.median(t[1] for t in times[False])
-    print(f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads; {args.arch} ({args.norm}), "
-          f"{args.steps} steps of {args.batch_size} + {args.val_samples} validation samples per epoch, {args.repeats} repeats")
-    row = {"epoch s (no callbacks)": round(plain, 2), "epoch s (analysis callbacks)": round(analysed, 2),
-           "ratio": round(analysed / plain, 3), "end of fit s (CSV + PNG)": round(end, 2)}
+    print(
+        f"torch {torch.__version__}, {args.device}, {torch.get_num_threads()} threads; {args.arch} ({args.norm}), "
+        f"{args.steps} steps of {args.batch_size} + {args.val_samples} validation samples per epoch, "
+        f"{args.repeats} repeats"
+    )
+    row = {
+        "epoch s (no callbacks)": round(plain, 2),
+        "epoch s (analysis callbacks)": round(analysed, 2),
+        "ratio": round(analysed / plain, 3),
+        "end of fit s (CSV + PNG)": round(end, 2),
+    }
     print(pd.DataFrame([row]).to_markdown(index=False))
 
 

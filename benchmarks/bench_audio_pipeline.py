@@ -73,7 +73,9 @@ def step_times(arch: str, args: argparse.Namespace, samples: int) -> dict:
     labels = torch.randint(0, 10, (args.batch_size,), device=args.device)
     models = {}
     for norm in ("bn", "l2bn"):
-        models[norm] = torch.nn.Sequential(LogMel(args.sample_rate, **MEL), build_audio_model(arch, 10, norm)).to(args.device)
+        models[norm] = torch.nn.Sequential(LogMel(args.sample_rate, **MEL), build_audio_model(arch, 10, norm)).to(
+            args.device
+        )
     models["l2bn"].load_state_dict(models["bn"].state_dict())
     optimizers = {norm: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9) for norm, m in models.items()}
     times: dict[str, list[float]] = {"bn": [], "l2bn": []}
@@ -90,7 +92,12 @@ def step_times(arch: str, args: argparse.Namespace, samples: int) -> dict:
             if i >= args.warmup:
                 times[norm].append(time.perf_counter() - start)
     bn, l2bn = statistics.median(times["bn"]), statistics.median(times["l2bn"])
-    return {"arch": arch, "BN step ms": round(bn * 1e3, 1), "L2BN step ms": round(l2bn * 1e3, 1), "L2BN/BN": round(l2bn / bn, 3)}
+    return {
+        "arch": arch,
+        "BN step ms": round(bn * 1e3, 1),
+        "L2BN step ms": round(l2bn * 1e3, 1),
+        "L2BN/BN": round(l2bn / bn, 3),
+    }
 
 
 def main() -> None:
@@ -109,8 +116,10 @@ def main() -> None:
         root = write_synthetic_tau(tmp, clips_per_scene=args.clips, sample_rate=args.sample_rate, duration=args.seconds)
         files = pd.read_csv(root / "meta.csv", sep="\t")["filename"].tolist()
         rates = extraction_rates(root, files, args.sample_rate, args.batch_size)
-    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
-          f"{args.sample_rate} Hz x {args.seconds} s clips, log-mel {MEL}")
+    print(
+        f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
+        f"{args.sample_rate} Hz x {args.seconds} s clips, log-mel {MEL}"
+    )
     print(pd.DataFrame([rates]).to_markdown(index=False))
     print(f"\nTraining step, batch {args.batch_size}, {args.repeats} interleaved repeats (medians):")
     print(pd.DataFrame([step_times(arch, args, samples) for arch in args.archs]).to_markdown(index=False))

@@ -32,8 +32,17 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 def datamodule(args: argparse.Namespace, on_device: bool, workers: int) -> ImageFolderDataModule:
     return ImageFolderDataModule(
-        args.root, train_split="train", test_split="test", image_size=32, transforms="cifar", mean=CIFAR_MEAN,
-        std=CIFAR_STD, batch_size=args.batch_size, num_workers=workers, persistent_workers=False, on_device=on_device,
+        args.root,
+        train_split="train",
+        test_split="test",
+        image_size=32,
+        transforms="cifar",
+        mean=CIFAR_MEAN,
+        std=CIFAR_STD,
+        batch_size=args.batch_size,
+        num_workers=workers,
+        persistent_workers=False,
+        on_device=on_device,
     )
 
 
@@ -48,7 +57,11 @@ def delivered(args: argparse.Namespace, on_device: bool, workers: int) -> float:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             start, count = time.perf_counter(), 0
-        batch = [t.to(device, non_blocking=True) for t in batch] if not on_device else batch._replace(indices=batch.indices.to(device))
+        batch = (
+            [t.to(device, non_blocking=True) for t in batch]
+            if not on_device
+            else batch._replace(indices=batch.indices.to(device))
+        )
         x, _ = dm.on_after_batch_transfer(batch, 0) if on_device else batch
         count += len(x)
         if args.batches and i >= args.batches:
@@ -80,12 +93,26 @@ def epoch(args: argparse.Namespace, on_device: bool, workers: int) -> tuple[floa
     pl.seed_everything(0, verbose=False)
     timer = _EpochTimer()
     trainer = pl.Trainer(
-        accelerator=args.device, devices=1, max_epochs=1, limit_train_batches=args.batches or 1.0, limit_val_batches=0,
-        logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False, callbacks=[timer],
+        accelerator=args.device,
+        devices=1,
+        max_epochs=1,
+        limit_train_batches=args.batches or 1.0,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[timer],
     )
     dm = datamodule(args, on_device, workers)
-    model = ImageClassifier(num_classes=dm.num_classes, input_shape=dm.input_shape, arch="resnet20", norm=args.norm,
-                            schedule="constant", channels_last=args.channels_last)
+    model = ImageClassifier(
+        num_classes=dm.num_classes,
+        input_shape=dm.input_shape,
+        arch="resnet20",
+        norm=args.norm,
+        schedule="constant",
+        channels_last=args.channels_last,
+    )
     trainer.fit(model, datamodule=dm)
     return timer.elapsed, timer.images / timer.elapsed
 
@@ -111,14 +138,18 @@ def main() -> None:
         rates = [delivered(args, on_device, workers) for _ in range(args.repeats)]
         epochs = [epoch(args, on_device, workers) for _ in range(args.repeats)]
         seconds = [e[0] for e in epochs]
-        rows.append({
-            "pipeline": name,
-            "delivered images/s": f"{statistics.median(rates):,.0f} ({min(rates):,.0f}-{max(rates):,.0f})",
-            "ResNet-20 epoch s": f"{statistics.median(seconds):.2f} ({min(seconds):.2f}-{max(seconds):.2f})",
-            "training images/s": f"{statistics.median(e[1] for e in epochs):,.0f}",
-        })
-    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, batch {args.batch_size}, "
-          f"{args.batches or 'all'} batches, norm {args.norm}; median (min-max) over {args.repeats} runs")
+        rows.append(
+            {
+                "pipeline": name,
+                "delivered images/s": f"{statistics.median(rates):,.0f} ({min(rates):,.0f}-{max(rates):,.0f})",
+                "ResNet-20 epoch s": f"{statistics.median(seconds):.2f} ({min(seconds):.2f}-{max(seconds):.2f})",
+                "training images/s": f"{statistics.median(e[1] for e in epochs):,.0f}",
+            }
+        )
+    print(
+        f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, batch {args.batch_size}, "
+        f"{args.batches or 'all'} batches, norm {args.norm}; median (min-max) over {args.repeats} runs"
+    )
     print(pd.DataFrame(rows).to_markdown(index=False))
 
 

@@ -118,8 +118,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--compile", action="store_true", help="torch.compile every variant")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                        help="input dtype (the norms' parameters stay float32, as under autocast)")
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="input dtype (the norms' parameters stay float32, as under autocast)",
+    )
     parser.add_argument("--no-channels-last", action="store_true")
     parser.add_argument("--csv", help="also write the table to this CSV file")
     args = parser.parse_args()
@@ -136,8 +140,10 @@ def main() -> None:
             rows += bench_shape(shape, args.device, channels_last, args.compile, args.repeats, args.warmup, dtype)
     rows += bench_shape(OVERHEAD_PROBE, args.device, False, args.compile, args.repeats, args.warmup, dtype)
     table = pd.DataFrame(rows)
-    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
-          f"dtype={args.dtype}, compile={args.compile}, {args.repeats} interleaved repeats (medians)")
+    print(
+        f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "
+        f"dtype={args.dtype}, compile={args.compile}, {args.repeats} interleaved repeats (medians)"
+    )
     print(table.to_markdown(index=False))
     print("\nSummary (ratios against BatchNorm2d in the same run):")
     print(summary(table).to_markdown(index=False))
@@ -158,11 +164,14 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
         }
         if "L2BN2d aten" in by_norm.index:  # CUDA, eager: the fused kernels above, the ATen path here
             row["L2BN2d aten/BN time"] = by_norm.at["L2BN2d aten", "time_vs_bn"]
-        rows.append(row | {
-            "composite/BN time": by_norm.at["composite", "time_vs_bn"],
-            "L2BN2d/BN saved": by_norm.at["L2BN2d", "saved_vs_bn"],
-            "composite/BN saved": by_norm.at["composite", "saved_vs_bn"],
-        })
+        rows.append(
+            row
+            | {
+                "composite/BN time": by_norm.at["composite", "time_vs_bn"],
+                "L2BN2d/BN saved": by_norm.at["L2BN2d", "saved_vs_bn"],
+                "composite/BN saved": by_norm.at["composite", "saved_vs_bn"],
+            }
+        )
     return pd.DataFrame(rows)
 
 

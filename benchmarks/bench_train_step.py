@@ -46,7 +46,9 @@ def bench(arch: str, args: argparse.Namespace) -> dict:
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     x = torch.randn(args.batch_size, 3, 32, 32, device=args.device).to(memory_format=memory_format)
     y = torch.randint(0, 10, (args.batch_size,), device=args.device)
-    models = {norm: build_model(arch, 10, 3, norm).to(args.device, memory_format=memory_format) for norm in ("bn", "l2bn")}
+    models = {
+        norm: build_model(arch, 10, 3, norm).to(args.device, memory_format=memory_format) for norm in ("bn", "l2bn")
+    }
     models["l2bn"].load_state_dict(models["bn"].state_dict())
     if args.compile:
         models = {norm: torch.compile(m) for norm, m in models.items()}
@@ -77,16 +79,24 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--compile", action="store_true")
-    parser.add_argument("--amp", choices=["bfloat16", "float16"], help="autocast to this dtype (Lightning's *-mixed precision)")
-    parser.add_argument("--kernels", choices=KERNEL_CHOICES, default=None,
-                        help="L2BN's training path (default: L2BN_KERNELS, else auto: the fused kernels on CUDA)")
+    parser.add_argument(
+        "--amp", choices=["bfloat16", "float16"], help="autocast to this dtype (Lightning's *-mixed precision)"
+    )
+    parser.add_argument(
+        "--kernels",
+        choices=KERNEL_CHOICES,
+        default=None,
+        help="L2BN's training path (default: L2BN_KERNELS, else auto: the fused kernels on CUDA)",
+    )
     args = parser.parse_args()
     if args.kernels is not None:
         os.environ["L2BN_KERNELS"] = args.kernels
     table = pd.DataFrame([bench(arch, args) for arch in args.archs])
-    print(f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, batch {args.batch_size}, "
-          f"channels_last={args.channels_last}, compile={args.compile}, amp={args.amp}, L2BN kernels={kernel_choice()}, "
-          f"{args.repeats} interleaved repeats (medians)")
+    print(
+        f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, batch {args.batch_size}, "
+        f"channels_last={args.channels_last}, compile={args.compile}, amp={args.amp}, L2BN kernels={kernel_choice()}, "
+        f"{args.repeats} interleaved repeats (medians)"
+    )
     print(table.to_markdown(index=False))
 
 

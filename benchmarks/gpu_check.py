@@ -28,7 +28,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-NEEDED = {"jsonargparse": "LightningCLI (the sweep's runs, the quickstart test)", "soundfile": "the audio datamodules' WAV reader"}
+NEEDED = {
+    "jsonargparse": "LightningCLI (the sweep's runs, the quickstart test)",
+    "soundfile": "the audio datamodules' WAV reader",
+}
 
 
 def install_missing(wheels: str | None, site: Path) -> list[str]:
@@ -37,8 +40,22 @@ def install_missing(wheels: str | None, site: Path) -> list[str]:
     lines = [f"- missing: {name} ({NEEDED[name]})" for name in missing] or ["- nothing missing"]
     if missing and wheels:
         files = sorted(str(p) for p in Path(wheels).glob("*.whl"))
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                        "--target", str(site), *files], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-index",
+                "--no-deps",
+                "--no-compile",
+                "--target",
+                str(site),
+                *files,
+            ],
+            check=True,
+        )
         sys.path.insert(0, str(site))
         os.environ["PYTHONPATH"] = os.pathsep.join([str(site), os.environ["PYTHONPATH"]])
         lines.append(f"- installed from {wheels}: {', '.join(Path(f).name for f in files)}")
@@ -95,11 +112,23 @@ class Report:
             code = result.returncode
         except subprocess.TimeoutExpired as error:
             status, code = f"stopped after its {timeout:.0f} s limit", 124
-            output = (error.stdout or b"").decode(errors="replace") if isinstance(error.stdout, bytes) else (error.stdout or "")
+            output = (
+                (error.stdout or b"").decode(errors="replace")
+                if isinstance(error.stdout, bytes)
+                else (error.stdout or "")
+            )
         elapsed = time.perf_counter() - start
         shown = [line for line in output.splitlines() if line.strip()][-keep:]
-        self.lines += [f"## {title}", "", f"`{' '.join(Path(c).name if c == sys.executable else c for c in command)}`"
-                       f" — {status}, {elapsed:.0f} s", "", "```", *shown, "```", ""]
+        self.lines += [
+            f"## {title}",
+            "",
+            f"`{' '.join(Path(c).name if c == sys.executable else c for c in command)}` — {status}, {elapsed:.0f} s",
+            "",
+            "```",
+            *shown,
+            "```",
+            "",
+        ]
         self.write()
         print("\n".join(shown[-15:]), flush=True)
         return code
@@ -136,49 +165,104 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("--device cuda: CUDA is not available here; use --device cpu --quick")
     name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
-    report = Report(Path(args.report), [
-        f"# GPU check: {name}", "",
-        f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; torch {torch.__version__}; {os.cpu_count()} CPU cores; "
-        f"`python benchmarks/gpu_check.py {' '.join(sys.argv[1:])}`", "", "## Environment", "", *env_lines, "",
-    ], args.budget)
+    report = Report(
+        Path(args.report),
+        [
+            f"# GPU check: {name}",
+            "",
+            f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC; torch {torch.__version__}; {os.cpu_count()} CPU cores; "
+            f"`python benchmarks/gpu_check.py {' '.join(sys.argv[1:])}`",
+            "",
+            "## Environment",
+            "",
+            *env_lines,
+            "",
+        ],
+        args.budget,
+    )
     py = sys.executable
     repeats = ["--repeats", "3", "--warmup", "1"] if args.quick else ["--repeats", "20", "--warmup", "5"]
     device = ["--device", args.device]
 
     if args.device == "cuda":
-        report.section("CUDA tests (pytest -m gpu tests/gpu)", [py, "-m", "pytest", "-q", "-m", "gpu", "tests/gpu", "-p", "no:cacheprovider"], 150)
+        report.section(
+            "CUDA tests (pytest -m gpu tests/gpu)",
+            [py, "-m", "pytest", "-q", "-m", "gpu", "tests/gpu", "-p", "no:cacheprovider"],
+            150,
+        )
 
     folder = image_folder(args.data, work, args.quick)
     sys.path.insert(0, str(ROOT))
     from datamodules import ImageFolderDataModule
 
     decode_start = time.perf_counter()
-    ImageFolderDataModule(str(folder), test_split="test", image_size=32, transforms="cifar", on_device=True).prepare_data()
-    report.add([f"Image data: {folder} (decoded into the uint8 cache in {time.perf_counter() - decode_start:.1f} s)", ""])
+    ImageFolderDataModule(
+        str(folder), test_split="test", image_size=32, transforms="cifar", on_device=True
+    ).prepare_data()
+    report.add(
+        [f"Image data: {folder} (decoded into the uint8 cache in {time.perf_counter() - decode_start:.1f} s)", ""]
+    )
     epochs, seeds = (1, 2) if args.quick else (args.epochs, args.seeds)
-    sweep = [py, "-m", "l2bn_lit", "sweep", "--config", "configs/cifar10jpeg_resnet20_gpu.yaml", "--norms", "bn", "l2bn",
-             "--seeds", *map(str, range(seeds)), "--out", str(work / "cifar10_sweep"), "--parallel", str(args.parallel), "--",
-             "--data.init_args.root", str(folder), "--trainer.max_epochs", str(epochs), "--trainer.enable_progress_bar", "false",
-             "--trainer.accelerator", "gpu" if args.device == "cuda" else "cpu"]
+    sweep = [
+        py,
+        "-m",
+        "l2bn_lit",
+        "sweep",
+        "--config",
+        "configs/cifar10jpeg_resnet20_gpu.yaml",
+        "--norms",
+        "bn",
+        "l2bn",
+        "--seeds",
+        *map(str, range(seeds)),
+        "--out",
+        str(work / "cifar10_sweep"),
+        "--parallel",
+        str(args.parallel),
+        "--",
+        "--data.init_args.root",
+        str(folder),
+        "--trainer.max_epochs",
+        str(epochs),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.accelerator",
+        "gpu" if args.device == "cuda" else "cpu",
+    ]
     if args.quick:
         sweep += ["--data.init_args.batch_size", "64"]
     report.section(f"CIFAR-10 ResNet-20, BN vs L2BN, {seeds} seeds, {epochs} epochs (l2bn sweep)", sweep, 300, keep=45)
 
     dtypes = ["float32"] if args.quick else ["float32", "bfloat16"]  # --quick: the script's path, not figures
     for dtype in dtypes:
-        report.section(f"bench_norm {args.device} {dtype} eager",
-                       [py, "benchmarks/bench_norm.py", *device, "--dtype", dtype, *repeats], 60, keep=14)
+        report.section(
+            f"bench_norm {args.device} {dtype} eager",
+            [py, "benchmarks/bench_norm.py", *device, "--dtype", dtype, *repeats],
+            60,
+            keep=14,
+        )
     step = [py, "benchmarks/bench_train_step.py", *device, "--channels-last", *repeats[:2]]
     step += ["--archs", "resnet20"] if args.quick else []
     report.section(f"bench_train_step {args.device} channels_last float32", step, 60, keep=5)
-    report.section(f"bench_train_step {args.device} channels_last float32, L2BN on the ATen path", [*step, "--kernels", "aten"], 60, keep=5)
+    report.section(
+        f"bench_train_step {args.device} channels_last float32, L2BN on the ATen path",
+        [*step, "--kernels", "aten"],
+        60,
+        keep=5,
+    )
     if args.quick:
         print(f"[gpu_check] report: {report.path}")
         return
-    report.section(f"bench_train_step {args.device} channels_last bf16 autocast", [*step, "--amp", "bfloat16"], 60, keep=5)
+    report.section(
+        f"bench_train_step {args.device} channels_last bf16 autocast", [*step, "--amp", "bfloat16"], 60, keep=5
+    )
     for dtype in dtypes:
-        report.section(f"bench_norm {args.device} {dtype} compiled",
-                       [py, "benchmarks/bench_norm.py", *device, "--dtype", dtype, "--compile", *repeats], 120, keep=14)
+        report.section(
+            f"bench_norm {args.device} {dtype} compiled",
+            [py, "benchmarks/bench_norm.py", *device, "--dtype", dtype, "--compile", *repeats],
+            120,
+            keep=14,
+        )
     print(f"[gpu_check] report: {report.path}")
 
 

@@ -3,7 +3,8 @@ on one training batch, the per-channel variance of its input after the l2 step (
 is added to) and the standard deviation of its output (1 without the effect).
 
     python benchmarks/norm_layer_stats.py --config configs/quickstart_dcase.yaml
-    python benchmarks/norm_layer_stats.py --config configs/quickstart_dcase.yaml --model.init_args.norm_options '{"rescale": true}'
+    python benchmarks/norm_layer_stats.py --config configs/quickstart_dcase.yaml \
+        --model.init_args.norm_options '{"rescale": true}'
 """
 
 from __future__ import annotations
@@ -25,9 +26,15 @@ def layer_stats(model: nn.Module, batch: Tensor) -> pd.DataFrame:
         def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
             x = inputs[0].detach().double()
             unit = x / x.flatten(1).norm(dim=1).clamp_min(module.l2_eps).view(-1, *[1] * (x.dim() - 1))
-            rows.append({"layer": name, "input C x H x W": "x".join(map(str, x.shape[1:])), "eps": module.eps,
-                         "variance after l2 step": float(unit.var(dim=(0, 2, 3), unbiased=False).mean()),
-                         "output std": float(output.detach().std())})
+            rows.append(
+                {
+                    "layer": name,
+                    "input C x H x W": "x".join(map(str, x.shape[1:])),
+                    "eps": module.eps,
+                    "variance after l2 step": float(unit.var(dim=(0, 2, 3), unbiased=False).mean()),
+                    "output std": float(output.detach().std()),
+                }
+            )
 
         return hook
 

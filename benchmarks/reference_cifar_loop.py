@@ -1,11 +1,12 @@
 """A Lightning-free control for the CIFAR factor ablation (docs/results.md): a plain PyTorch loop.
 
 Trains this project's CIFAR ResNet (the model and the norm layer are shared, so only the training
-pipeline differs) the way a minimal script does: every image decoded once into one uint8 tensor,
-random crop (padding 4: black by default; ``--padding-mode``, ``--pad-fill mean``) and horizontal flip, per-channel normalization, SGD with Nesterov
-momentum and one-cycle, all training images, the last weights tested on the test split. Each
-choice the project's pipeline makes differently is a switch, so a gap between this loop and the
-``l2bn ablation`` cell with the same settings points at what the switches do not cover.
+pipeline differs) the way a minimal script does: every image decoded once into one uint8 tensor, random
+crop (padding 4: black by default; ``--padding-mode``, ``--pad-fill mean``) and horizontal flip,
+per-channel normalization, SGD with Nesterov momentum and one-cycle, all training images, the last
+weights tested on the test split. Each choice the project's pipeline makes differently is a switch, so a
+gap between this loop and the ``l2bn ablation`` cell with the same settings points at what the switches
+do not cover.
 
     python benchmarks/reference_cifar_loop.py --root data/cifar10-jpeg --norm l2bn --seed 0 --out runs/loop.csv
 
@@ -59,7 +60,7 @@ def augment(images: torch.Tensor, per_batch: bool, padding: int = 4, padding_mod
         top, left = offsets[0]
         cropped = padded[:, :, top : top + height, left : left + width]
     else:
-        cropped = torch.stack([padded[i, :, t : t + height, l : l + width] for i, (t, l) in enumerate(offsets)])
+        cropped = torch.stack([padded[i, :, t : t + height, x : x + width] for i, (t, x) in enumerate(offsets)])
     flip = torch.rand(batch) < 0.5
     return torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
 
@@ -104,10 +105,15 @@ def summarize(runs: pd.DataFrame, norms: tuple[str, str] = ("bn", "l2bn")) -> pd
         gap = paired_differences(group, ["test_acc"], list(norms)).iloc[0]
         means = group.groupby("norm")["test_acc"].mean()
         label = " ".join(f"{k}={v}" for k, v in zip(settings, values) if k in varying)
-        rows.append({"settings": label, "pairs": gap["pairs"],
-                     **{norm: round(means[norm], 4) for norm in norms},
-                     f"{norms[1]} - {norms[0]}, points": round(100 * gap["mean"], 2),
-                     "95% CI": "—" if gap["pairs"] < 2 else f"({100 * gap['ci low']:+.2f}, {100 * gap['ci high']:+.2f})"})
+        rows.append(
+            {
+                "settings": label,
+                "pairs": gap["pairs"],
+                **{norm: round(means[norm], 4) for norm in norms},
+                f"{norms[1]} - {norms[0]}, points": round(100 * gap["mean"], 2),
+                "95% CI": "—" if gap["pairs"] < 2 else f"({100 * gap['ci low']:+.2f}, {100 * gap['ci high']:+.2f})",
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -129,9 +135,13 @@ def main() -> None:
     parser.add_argument("--cycle-momentum", action="store_true", help="cycle momentum 0.85-0.95 (torch's default)")
     parser.add_argument("--std", type=float, nargs=3, default=(0.2023, 0.1994, 0.2010))
     parser.add_argument("--padding-mode", choices=("constant", "edge", "reflect", "symmetric"), default="constant")
-    parser.add_argument("--pad-fill", choices=("black", "mean"), default="black",
-                        help="constant padding: black before normalizing (torchvision's RandomCrop before Normalize) "
-                        "or 0 after it (the mean colour)")
+    parser.add_argument(
+        "--pad-fill",
+        choices=("black", "mean"),
+        default="black",
+        help="constant padding: black before normalizing (torchvision's RandomCrop before Normalize) "
+        "or 0 after it (the mean colour)",
+    )
     parser.add_argument("--out", type=Path, help="CSV file to append the result row to")
     args = parser.parse_args()
     if args.summarize:
@@ -149,7 +159,10 @@ def main() -> None:
     optimizer = optimizer_for(model, args)
     steps_per_epoch = len(train_x) // args.batch_size
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, args.lr, total_steps=args.epochs * steps_per_epoch, pct_start=args.pct_start,
+        optimizer,
+        args.lr,
+        total_steps=args.epochs * steps_per_epoch,
+        pct_start=args.pct_start,
         cycle_momentum=args.cycle_momentum,
     )
     started = time.perf_counter()

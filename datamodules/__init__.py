@@ -2,8 +2,8 @@
 
 from .base import ClassificationDataModule, EpochShuffleSampler
 from .dcase import AudioClipDataset, TAUScenesDataModule
-from .digits import DigitsDataModule
 from .device_images import DeviceImages
+from .digits import DigitsDataModule
 from .images import CIFARDataModule, ImageDataModule, ImageFolderDataModule
 from .tau_layout import read_file_list, write_synthetic_tau
 

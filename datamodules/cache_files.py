@@ -12,7 +12,9 @@ from typing import Any
 __all__ = ["keyed_cache_path"]
 
 
-def keyed_cache_path(folder: str | Path, list_name: str, settings: Mapping[str, Any], root: Path, files: list[str]) -> Path:
+def keyed_cache_path(
+    folder: str | Path, list_name: str, settings: Mapping[str, Any], root: Path, files: list[str]
+) -> Path:
     """``folder/<list stem>-<hash>.npy`` for ``files`` (relative to ``root``) under ``settings``."""
     digest = hashlib.sha256(json.dumps(dict(settings), sort_keys=True, default=str).encode())
     for name in files:

@@ -68,7 +68,13 @@ class AudioClipDataset(Dataset):
     label ``-1`` for unlabeled lists."""
 
     def __init__(
-        self, root: Path, table: pd.DataFrame, labels: list[int] | None, sample_rate: int, samples: int, random_crop: bool
+        self,
+        root: Path,
+        table: pd.DataFrame,
+        labels: list[int] | None,
+        sample_rate: int,
+        samples: int,
+        random_crop: bool,
     ) -> None:
         self.root = root
         self.files = table["filename"].tolist()
@@ -91,7 +97,11 @@ class AudioClipDataset(Dataset):
         wave = self.load(index)
         if self.impulse_responses is not None:
             wave = self._convolve_device_ir(index, wave)
-        start = int(torch.randint(0, len(wave) - self.samples + 1, ())) if self.random_crop and len(wave) > self.samples else 0
+        start = (
+            int(torch.randint(0, len(wave) - self.samples + 1, ()))
+            if self.random_crop and len(wave) > self.samples
+            else 0
+        )
         return fit_length(wave, self.samples, start), self.labels[index]
 
     def _convolve_device_ir(self, index: int, wave: Tensor) -> Tensor:
@@ -139,7 +149,7 @@ class TAUScenesDataModule(ClassificationDataModule):
         short_clips: ``error`` (default) or ``pad`` (zero-pad, with a warning counting them).
         synthesize_if_missing: write the small synthetic data set into ``root`` if it holds no
             ``meta.csv`` (the embedded default); a root holding a real data set is used as it is.
-        download: data set name(s) of ``python -m l2bn_lit.data list`` (e.g. ``[tau2022-mobile-dev,
+        download: data set name(s) of ``l2bn data list`` (e.g. ``[tau2022-mobile-dev,
             dcase2024-task1-splits]``) fetched into ``root`` when ``meta.csv`` or ``train_list`` is
             missing there, by the same code as that command (resumed, checksummed). Under DDP every
             process waits on one lock, so one downloads and the others find the data complete.
@@ -198,7 +208,10 @@ class TAUScenesDataModule(ClassificationDataModule):
         self.val_by, self.short_clips, self.val_list = val_by, short_clips, val_list
         self.feature_cache = feature_cache
         if device_irs is not None and feature_cache is not None:
-            raise ValueError("device_irs augments waveforms while training; the feature cache holds fixed log-mels: set one of them to null")
+            raise ValueError(
+                "device_irs augments waveforms while training; the feature cache holds fixed log-mels: set "
+                "one of them to null"
+            )
         self.device_irs, self.device_ir_p = device_irs, device_ir_p
         self.device_ir_devices = frozenset(device_ir_devices or ["a"])
         self._lists: dict[str, AudioClipDataset] = {}
@@ -207,12 +220,18 @@ class TAUScenesDataModule(ClassificationDataModule):
         self._labels(self.train_table, train_list)  # refuses a label outside the set before anything is built
         untrained = sorted(set(self.class_names) - set(self.train_table["scene_label"]))
         if untrained:
-            warnings.warn(f"{Path(root) / train_list} has no clip of the scene label(s) {untrained} ({self._label_source})", stacklevel=2)
+            warnings.warn(
+                f"{Path(root) / train_list} has no clip of the scene label(s) {untrained} ({self._label_source})",
+                stacklevel=2,
+            )
         self.devices = devices
         if devices is not None:
             unknown = sorted(set(devices) - set(self.train_table["device"]))
             if unknown:
-                raise ValueError(f"devices={devices}: {unknown} not in {Path(root) / train_list} (its devices: {sorted(set(self.train_table['device']))})")
+                raise ValueError(
+                    f"devices={devices}: {unknown} not in {Path(root) / train_list} (its devices: "
+                    f"{sorted(set(self.train_table['device']))})"
+                )
             self.train_table = self.train_table[self.train_table["device"].isin(devices)].reset_index(drop=True)
         self.num_classes = len(self.class_names)
         self.input_shape = [self.samples]
@@ -224,7 +243,12 @@ class TAUScenesDataModule(ClassificationDataModule):
         rate, duration = options.get("sample_rate", 44100), options.get("duration", 10.0)
         known = _given_label_set(options.get("class_names"), options.get("root", ""))
         names = known[0] if known is not None else sorted(TAU_SCENES)
-        return {"num_classes": len(names), "class_names": names, "input_shape": [round(rate * duration)], "sample_rate": rate}
+        return {
+            "num_classes": len(names),
+            "class_names": names,
+            "input_shape": [round(rate * duration)],
+            "sample_rate": rate,
+        }
 
     def _label_set(self, class_names: list[str] | None) -> tuple[list[str], str]:
         """The scene labels (class-index order) and where they come from (see ``class_names``)."""
@@ -239,7 +263,8 @@ class TAUScenesDataModule(ClassificationDataModule):
         if unknown:
             example = table.loc[table["scene_label"] == unknown[0], "filename"].iloc[0]
             raise ValueError(
-                f"{Path(self.root) / list_path} has scene labels the model does not know (not in {self._label_source}): "
+                f"{Path(self.root) / list_path} has scene labels the model does not know (not in "
+                f"{self._label_source}): "
                 f"{unknown}, e.g. {example}; correct the list, or give the label set with --data.init_args.class_names"
             )
         return [index[label] for label in table["scene_label"]]
@@ -258,7 +283,7 @@ class TAUScenesDataModule(ClassificationDataModule):
             raise ValueError(
                 f"{len(truncated)} file(s) listed in {root / list_path} are truncated (the header promises more "
                 f"frames than the file holds), e.g. {root / name}: {declared} frames declared, {present} present; "
-                "download or extract them again (python -m l2bn_lit.data check lists them all)"
+                "download or extract them again (l2bn data check lists them all)"
             )
         short, resampled, stereo = [], 0, 0
         for filename in table["filename"]:
@@ -277,11 +302,19 @@ class TAUScenesDataModule(ClassificationDataModule):
                 f"e.g. {root / name} ({seconds:.3f} s); set --data.init_args.short_clips pad to zero-pad them"
             )
         if short:
-            warnings.warn(f"{len(short)} clip(s) in {root / list_path} are shorter than {self.duration} s and zero-padded", stacklevel=2)
+            warnings.warn(
+                f"{len(short)} clip(s) in {root / list_path} are shorter than {self.duration} s and zero-padded",
+                stacklevel=2,
+            )
         if resampled:
-            warnings.warn(f"{resampled} file(s) in {root / list_path} are not at {self.sample_rate} Hz and are resampled", stacklevel=2)
+            warnings.warn(
+                f"{resampled} file(s) in {root / list_path} are not at {self.sample_rate} Hz and are resampled",
+                stacklevel=2,
+            )
         if stereo:
-            warnings.warn(f"{stereo} file(s) in {root / list_path} have several channels and are mixed down to mono", stacklevel=2)
+            warnings.warn(
+                f"{stereo} file(s) in {root / list_path} have several channels and are mixed down to mono", stacklevel=2
+            )
 
     def split_indices(self, size: int) -> tuple[list[int], list[int]]:
         if self.val_list is not None:  # validation comes from its own list: train on every clip
@@ -321,7 +354,9 @@ class TAUScenesDataModule(ClassificationDataModule):
             )
         settings = model.frontend.options  # the front-end's own description: the cache's key
         if settings["sample_rate"] != self.sample_rate:
-            raise ValueError(f"the model's front-end expects {settings['sample_rate']} Hz, the data is at {self.sample_rate} Hz")
+            raise ValueError(
+                f"the model's front-end expects {settings['sample_rate']} Hz, the data is at {self.sample_rate} Hz"
+            )
         return model.frontend, {**settings, "samples": self.samples}
 
     def _cache_path(self, clips: AudioClipDataset, list_path: str) -> Path:

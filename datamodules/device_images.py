@@ -172,7 +172,9 @@ class DeviceImages:
         border still to be filled); other modes read the border from the image itself."""
         _, channels, height, width = self.images.shape
         device = indices.device
-        rows, row_inside = _source_index(top[:, None] + torch.arange(height, device=device) - padding, height, padding_mode)
+        rows, row_inside = _source_index(
+            top[:, None] + torch.arange(height, device=device) - padding, height, padding_mode
+        )
         cols = left[:, None] + torch.arange(width, device=device) - padding  # (B, W)
         cols, col_inside = _source_index(torch.where(flip[:, None], cols.flip(1), cols), width, padding_mode)
         gathered = self.images[
@@ -210,10 +212,14 @@ def check_padding(padding: int, padding_mode: str, pad_fill: str, size: int | No
     if pad_fill not in PAD_FILLS:
         raise ValueError(f"pad_fill {pad_fill!r}: choose one of {', '.join(PAD_FILLS)}")
     if pad_fill != "black" and padding_mode != "constant":
-        raise ValueError(f"pad_fill {pad_fill} fills constant padding; padding_mode {padding_mode} takes the border "
-                         "from the image: leave pad_fill at black or set padding_mode constant")
+        raise ValueError(
+            f"pad_fill {pad_fill} fills constant padding; padding_mode {padding_mode} takes the border "
+            "from the image: leave pad_fill at black or set padding_mode constant"
+        )
     if size is not None and padding_mode in ("reflect", "symmetric") and padding >= size:
-        raise ValueError(f"padding {padding} with padding_mode {padding_mode} needs images larger than it ({size} pixels)")
+        raise ValueError(
+            f"padding {padding} with padding_mode {padding_mode} needs images larger than it ({size} pixels)"
+        )
 
 
 def _read_rgb(path: str, size: int, load: Callable[[str], Image.Image]) -> np.ndarray:
@@ -232,7 +238,9 @@ def decode_images(
 ) -> np.ndarray:
     """Decodes ``paths`` with ``load`` (path -> RGB PIL image, all ``size`` x ``size``) into uint8
     ``(N, 3, size, size)``, in parallel threads (PIL releases the GIL while it decodes)."""
-    workers = workers or min(32, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    workers = workers or min(
+        32, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    )
     out = np.empty((len(paths), 3, size, size), dtype=np.uint8)
 
     def decode(i: int) -> None:
@@ -243,7 +251,9 @@ def decode_images(
     return out
 
 
-def image_cache(folder: Path, split: str, root: Path, files: list[str], size: int, load: Callable[[str], Image.Image]) -> Path:
+def image_cache(
+    folder: Path, split: str, root: Path, files: list[str], size: int, load: Callable[[str], Image.Image]
+) -> Path:
     """The cache file of ``files`` (relative to ``root``); built by decoding them with ``load`` when missing."""
     path = keyed_cache_path(folder, split, {"kind": "uint8 RGB (N, 3, H, W)", "size": size}, root, files)
     if path.is_file():
@@ -255,7 +265,8 @@ def image_cache(folder: Path, split: str, root: Path, files: list[str], size: in
         np.save(partial, decode_images([str(root / f) for f in files], size, load))
     except PermissionError as error:
         raise PermissionError(
-            f"cannot write the on_device image cache into {path.parent}: set --data.init_args.cache_dir to a writable folder"
+            f"cannot write the on_device image cache into {path.parent}: set --data.init_args.cache_dir to a "
+            "writable folder"
         ) from error
     os.replace(partial, path)
     return path

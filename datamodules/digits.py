@@ -19,7 +19,9 @@ class DigitsDataModule(ClassificationDataModule):
     validation is carved from the rest. ``root`` is unused (the data ships with scikit-learn).
     """
 
-    def __init__(self, root: str = "", test_fraction: float = 0.2, test_seed: int = 0, batch_size: int = 64, **kwargs) -> None:
+    def __init__(
+        self, root: str = "", test_fraction: float = 0.2, test_seed: int = 0, batch_size: int = 64, **kwargs
+    ) -> None:
         super().__init__(root=root, batch_size=batch_size, **kwargs)
         self.test_fraction = test_fraction
         self.test_seed = test_seed

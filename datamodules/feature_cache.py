@@ -48,7 +48,9 @@ def build_feature_cache(
     for waves, _ in loader:
         features = frontend(waves).numpy()
         if array is None:
-            array = np.lib.format.open_memmap(partial, mode="w+", dtype=np.float32, shape=(len(clips), *features.shape[1:]))
+            array = np.lib.format.open_memmap(
+                partial, mode="w+", dtype=np.float32, shape=(len(clips), *features.shape[1:])
+            )
         array[start : start + len(features)] = features
         start += len(features)
     if array is None:
@@ -79,7 +81,9 @@ class CachedFeatureDataset(Dataset):
             )
         array = np.load(self.path, mmap_mode="r")
         if len(array) != len(self.files):
-            raise ValueError(f"feature cache {self.path} holds {len(array)} clips, the list {len(self.files)}: delete the file")
+            raise ValueError(
+                f"feature cache {self.path} holds {len(array)} clips, the list {len(self.files)}: delete the file"
+            )
         return array
 
     def __getitem__(self, index: int) -> tuple[Tensor, int]:

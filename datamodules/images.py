@@ -25,7 +25,7 @@ from torchvision import datasets
 from torchvision.transforms import v2
 
 from .base import ClassificationDataModule
-from .device_images import DeviceImages, IndexBatch, IndexDataset, PadFill, PaddingMode, check_padding, image_cache
+from .device_images import DeviceImages, IndexBatch, IndexDataset, PaddingMode, PadFill, check_padding, image_cache
 
 __all__ = ["CIFARDataModule", "ImageFolderDataModule"]
 
@@ -59,7 +59,9 @@ def build_transforms(
             return v2.Compose(tail + train), v2.Compose(evaluate + tail)
     elif recipe == "imagenet":
         if (padding_mode, pad_fill) != ("constant", "black"):
-            raise ValueError("padding_mode and pad_fill set the cifar recipe's random crop; the imagenet recipe has none")
+            raise ValueError(
+                "padding_mode and pad_fill set the cifar recipe's random crop; the imagenet recipe has none"
+            )
         train = [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip()]
         evaluate = [v2.Resize(round(image_size * 8 / 7), antialias=True), v2.CenterCrop(image_size)]
     else:
@@ -127,7 +129,11 @@ class ImageDataModule(ClassificationDataModule):
         train = DeviceImages(torch.as_tensor(train_x), torch.as_tensor(train_y), self.mean, self.std)
         test = DeviceImages(torch.as_tensor(test_x), torch.as_tensor(test_y), self.mean, self.std)
         self.device_images = {"train": train, "train_eval": train, "test": test}
-        return IndexDataset(len(train), "train"), IndexDataset(len(train), "train_eval"), IndexDataset(len(test), "test")
+        return (
+            IndexDataset(len(train), "train"),
+            IndexDataset(len(train), "train_eval"),
+            IndexDataset(len(test), "test"),
+        )
 
     def decoded_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
         """``(train, train_with_eval_transforms, test)`` of decoded, per-sample transformed images."""
@@ -166,7 +172,9 @@ class CIFARDataModule(ImageDataModule):
         **kwargs: :class:`~datamodules.base.ClassificationDataModule` options.
     """
 
-    def __init__(self, root: str = "data", num_classes: Literal[10, 100] = 10, download: bool = False, **kwargs) -> None:
+    def __init__(
+        self, root: str = "data", num_classes: Literal[10, 100] = 10, download: bool = False, **kwargs
+    ) -> None:
         super().__init__(root=root, **kwargs)
         if num_classes not in _CIFAR_STATS:
             raise ValueError(f"num_classes must be 10 or 100 for CIFAR, got {num_classes}")
@@ -290,7 +298,9 @@ class ImageFolderDataModule(ImageDataModule):
         return train_dir, test_dir
 
     def decoded_datasets(self) -> tuple[Dataset, Dataset, Dataset]:
-        train_tf, eval_tf = build_transforms(self.transforms, self.image_size, self.mean, self.std, *self.padding_options)
+        train_tf, eval_tf = build_transforms(
+            self.transforms, self.image_size, self.mean, self.std, *self.padding_options
+        )
         train_dir, test_dir = self._check_test_classes()
         train = datasets.ImageFolder(str(train_dir), transform=train_tf, loader=_load_rgb)
         train_eval = datasets.ImageFolder(str(train_dir), transform=eval_tf, loader=_load_rgb)
@@ -308,7 +318,9 @@ class ImageFolderDataModule(ImageDataModule):
         folder = self._folder_dataset(split)
         root = Path(self.root)
         files = [str(Path(path).relative_to(root)) for path, _ in folder.samples]
-        path = image_cache(Path(self.cache_dir or self.root) / ".l2bn_cache", split, root, files, self.image_size, _load_rgb)
+        path = image_cache(
+            Path(self.cache_dir or self.root) / ".l2bn_cache", split, root, files, self.image_size, _load_rgb
+        )
         return np.load(path), list(folder.targets)
 
     @property

@@ -16,7 +16,16 @@ import soundfile as sf
 
 from .tau_layout import read_file_list
 
-__all__ = ["wav_frames", "truncated_wavs", "AudioSpec", "TAU_SCENES", "TAU_MOBILE", "ListReport", "check_lists", "default_lists"]
+__all__ = [
+    "wav_frames",
+    "truncated_wavs",
+    "AudioSpec",
+    "TAU_SCENES",
+    "TAU_MOBILE",
+    "ListReport",
+    "check_lists",
+    "default_lists",
+]
 
 
 def wav_frames(path: str | Path) -> tuple[int, int] | None:
@@ -57,8 +66,18 @@ def truncated_wavs(root: str | Path, filenames: list[str]) -> list[tuple[str, in
 
 
 #: the ten scene labels of the TAU Urban Acoustic Scenes 2019-2025 (Mobile) releases
-TAU_SCENES = ("airport", "bus", "metro", "metro_station", "park", "public_square", "shopping_mall",
-              "street_pedestrian", "street_traffic", "tram")
+TAU_SCENES = (
+    "airport",
+    "bus",
+    "metro",
+    "metro_station",
+    "park",
+    "public_square",
+    "shopping_mall",
+    "street_pedestrian",
+    "street_traffic",
+    "tram",
+)
 
 
 @dataclass(frozen=True)
@@ -96,15 +115,27 @@ class ListReport:
 
     @property
     def ok(self) -> bool:
-        problems = (self.missing, self.unreadable, self.truncated, self.duplicates, self.other_rates,
-                    self.other_channels, self.unknown_labels, self.error)
+        problems = (
+            self.missing,
+            self.unreadable,
+            self.truncated,
+            self.duplicates,
+            self.other_rates,
+            self.other_channels,
+            self.unknown_labels,
+            self.error,
+        )
         return not any(problems)
 
 
 def default_lists(root: str | Path) -> list[str]:
     """Every ``*.csv`` under ``evaluation_setup/`` and ``split_setup/`` of ``root``."""
     root = Path(root)
-    return sorted(str(p.relative_to(root)) for folder in ("evaluation_setup", "split_setup") for p in (root / folder).glob("*.csv"))
+    return sorted(
+        str(p.relative_to(root))
+        for folder in ("evaluation_setup", "split_setup")
+        for p in (root / folder).glob("*.csv")
+    )
 
 
 def check_lists(root: str | Path, lists: list[str] | None = None, spec: AudioSpec = TAU_MOBILE) -> list[ListReport]:

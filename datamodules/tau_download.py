@@ -34,7 +34,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pandas as pd
 
-__all__ = ["Remote", "DatasetSpec", "DownloadError", "dataset_specs", "download", "remote_size", "with_mirror", "SPLIT_URL"]
+__all__ = [
+    "Remote",
+    "DatasetSpec",
+    "DownloadError",
+    "dataset_specs",
+    "download",
+    "remote_size",
+    "with_mirror",
+    "SPLIT_URL",
+]
 
 log = logging.getLogger(__name__)
 
@@ -87,18 +96,36 @@ def _soundata_remotes(module: str, prefix: str) -> tuple[Remote, ...]:
 def dataset_specs() -> dict[str, DatasetSpec]:
     """The data sets ``download`` knows, by name (the TAU ones need soundata)."""
     tau = {
-        "tau2020-mobile-dev": ("tau2020uas_mobile", "development.", "TAU Urban Acoustic Scenes 2020 Mobile, development (10-s clips, 44.1 kHz; DCASE 2020 Task 1A)"),
-        "tau2020-mobile-eval": ("tau2020uas_mobile", "evaluation.", "TAU Urban Acoustic Scenes 2020 Mobile, evaluation (unlabeled)"),
-        "tau2022-mobile-dev": ("tau2022uas_mobile", "development.", "TAU Urban Acoustic Scenes 2022 Mobile, development (1-s clips, 44.1 kHz; DCASE 2022-2025 Task 1)"),
-        "tau2022-mobile-eval": ("tau2022uas_mobile", "evaluation.", "TAU Urban Acoustic Scenes 2022-family Mobile evaluation set as soundata lists it (unlabeled)"),
+        "tau2020-mobile-dev": (
+            "tau2020uas_mobile",
+            "development.",
+            "TAU Urban Acoustic Scenes 2020 Mobile, development (10-s clips, 44.1 kHz; DCASE 2020 Task 1A)",
+        ),
+        "tau2020-mobile-eval": (
+            "tau2020uas_mobile",
+            "evaluation.",
+            "TAU Urban Acoustic Scenes 2020 Mobile, evaluation (unlabeled)",
+        ),
+        "tau2022-mobile-dev": (
+            "tau2022uas_mobile",
+            "development.",
+            "TAU Urban Acoustic Scenes 2022 Mobile, development (1-s clips, 44.1 kHz; DCASE 2022-2025 Task 1)",
+        ),
+        "tau2022-mobile-eval": (
+            "tau2022uas_mobile",
+            "evaluation.",
+            "TAU Urban Acoustic Scenes 2022-family Mobile evaluation set as soundata lists it (unlabeled)",
+        ),
     }
     specs = {
-        name: DatasetSpec(name, text, partial(_soundata_remotes, module, prefix)) for name, (module, prefix, text) in tau.items()
+        name: DatasetSpec(name, text, partial(_soundata_remotes, module, prefix))
+        for name, (module, prefix, text) in tau.items()
     }
     splits = tuple(Remote(f, SPLIT_URL + f, None, destination="split_setup") for f in SPLIT_FILES)
     specs["dcase2024-task1-splits"] = DatasetSpec(
         "dcase2024-task1-splits",
-        "DCASE 2024 Task 1 training subsets split5/10/25/50/100 and the test split (into <root>/split_setup of tau2022-mobile-dev)",
+        "DCASE 2024 Task 1 training subsets split5/10/25/50/100 and the test split (into <root>/split_setup "
+        "of tau2022-mobile-dev)",
         lambda: splits,
     )
     return specs
@@ -130,7 +157,9 @@ def remote_size(remote: Remote) -> int | None:
         with urllib.request.urlopen(urllib.request.Request(remote.url, method="HEAD"), timeout=30) as response:
             length = response.headers.get("Content-Length")
     except urllib.error.URLError as error:
-        raise DownloadError(f"{remote.filename}: cannot reach {remote.url}: {getattr(error, 'reason', error)}") from error
+        raise DownloadError(
+            f"{remote.filename}: cannot reach {remote.url}: {getattr(error, 'reason', error)}"
+        ) from error
     return int(length) if length is not None else None
 
 
@@ -174,7 +203,9 @@ def _fetch(remote: Remote, target: Path, progress: Callable[[str, int, int | Non
                 if isinstance(error, http.client.IncompleteRead):
                     file.write(error.partial)
                     done += len(error.partial)
-                raise DownloadError(f"{remote.filename}: connection lost after {done} of {total} bytes; run again to resume") from error
+                raise DownloadError(
+                    f"{remote.filename}: connection lost after {done} of {total} bytes; run again to resume"
+                ) from error
     if total is not None and done != total:
         raise DownloadError(f"{remote.filename}: connection lost after {done} of {total} bytes; run again to resume")
     part.rename(target)

@@ -43,9 +43,13 @@ def _read_tsv(path: Path, root: Path | None = None) -> pd.DataFrame:
         if root is not None:
             needed = [] if (root / "meta.csv").is_file() else ["tau2022-mobile-dev"]
             needed += ["dcase2024-task1-splits"] if path.parent.name == "split_setup" else []
-            commands = " and ".join(f"python -m l2bn_lit.data download {name} --root {root}" for name in needed or ["tau2022-mobile-dev"])
-            hint = f"; get it with: {commands} (python -m l2bn_lit.data list names every data set)"
-        raise FileNotFoundError(f"file list {path} does not exist (expected the TAU Urban Acoustic Scenes layout){hint}")
+            commands = " and ".join(
+                f"l2bn data download {name} --root {root}" for name in needed or ["tau2022-mobile-dev"]
+            )
+            hint = f"; get it with: {commands} (l2bn data list names every data set)"
+        raise FileNotFoundError(
+            f"file list {path} does not exist (expected the TAU Urban Acoustic Scenes layout){hint}"
+        )
     table = pd.read_csv(path, sep="\t", dtype=str, keep_default_na=False)
     table.columns = [c.strip() for c in table.columns]
     return table.apply(lambda column: column.str.strip())
@@ -99,7 +103,7 @@ def _scene_sound(scene: int, samples: int, sample_rate: int, rng: np.random.Gene
     """Class-dependent sound: two tones at class-specific frequencies, amplitude-modulated at a
     class-specific rate, in pink-ish noise; random phase and level per clip."""
     t = np.arange(samples) / sample_rate
-    base = 200.0 * (1.5 ** scene)
+    base = 200.0 * (1.5**scene)
     tones = sum(np.sin(2 * np.pi * f * t + rng.uniform(0, 2 * np.pi)) for f in (base, 2.7 * base))
     modulation = 1 + 0.8 * np.sin(2 * np.pi * (0.5 + scene) * t)
     noise = np.cumsum(rng.standard_normal(samples)) * 0.02

@@ -21,7 +21,18 @@ layer family only.
 from typing import Any
 
 from . import _moved
-from .nn import NORM_KINDS, L2BN1d, L2BN2d, L2BN3d, L2BNAct2d, SyncL2BN, convert_norm, create_norm, get_norm_layer, l2_batch_norm
+from .nn import (
+    NORM_KINDS,
+    L2BN1d,
+    L2BN2d,
+    L2BN3d,
+    L2BNAct2d,
+    SyncL2BN,
+    convert_norm,
+    create_norm,
+    get_norm_layer,
+    l2_batch_norm,
+)
 
 __all__ = [
     "L2BN1d",

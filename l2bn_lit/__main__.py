@@ -4,7 +4,7 @@
     l2bn sweep --config ... --norms bn l2bn --seeds 0 1 2 [...]    norm x seed sweeps
     l2bn ablation --config ... --cell NAME=OPTIONS [...]           one sweep per cell, one factor table
     l2bn results FOLDER [--metric test/acc]                        collect finished runs
-    l2bn complexity --config configs/<x>.yaml [--bits 16] [...]    parameters, MACs and the DCASE limits of a config's model
+    l2bn complexity --config configs/<x>.yaml [--bits 16] [...]    a config's parameters, MACs, DCASE limits
     l2bn data list|download|check [...]                            get and check DCASE data
     l2bn evaluate --config ... CKPT|FOLDER [...]                   many checkpoints in one pass: leaderboard + ensemble
     l2bn package CKPT [--device-model a=CKPT ...] --name L --index N --out DIR   the DCASE 2025 inference package
@@ -43,7 +43,9 @@ def _dispatch(argv: list[str]) -> None:
         if command == "data":  # its exit status says whether the data checked out
             sys.exit(status)
     else:
-        raise SystemExit(f"l2bn: unknown command {command!r}; choose one of {', '.join(SUBCOMMANDS + TOOLS)} (l2bn --help)")
+        raise SystemExit(
+            f"l2bn: unknown command {command!r}; choose one of {', '.join(SUBCOMMANDS + TOOLS)} (l2bn --help)"
+        )
 
 
 if __name__ == "__main__":

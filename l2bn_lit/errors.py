@@ -24,7 +24,9 @@ __all__ = ["run_main", "user_error_message", "tidy_parser_message", "debugging",
 #: set to 1 to see tracebacks (as ``--debug`` does)
 DEBUG_VARIABLE = "L2BN_DEBUG"
 
-_PROJECT = tuple(str(Path(__file__).resolve().parents[1] / name) + os.sep for name in ("l2bn_lit", "datamodules", "models"))
+_PROJECT = tuple(
+    str(Path(__file__).resolve().parents[1] / name) + os.sep for name in ("l2bn_lit", "datamodules", "models")
+)
 _INPUT_ERRORS = (ValueError, OSError, RuntimeError, MisconfigurationException)
 
 
@@ -38,7 +40,9 @@ def user_error_message(error: BaseException) -> str | None:
     found = None
     chain: BaseException | None = error
     while chain is not None:
-        if isinstance(chain, MisconfigurationException) or (isinstance(chain, _INPUT_ERRORS) and _raised_by_project(chain)):
+        if isinstance(chain, MisconfigurationException) or (
+            isinstance(chain, _INPUT_ERRORS) and _raised_by_project(chain)
+        ):
             found = chain
         chain = _inner(chain)
     if found is None:
@@ -67,8 +71,14 @@ def debugging() -> bool:
 
 
 #: lines of jsonargparse's union-type messages that say nothing to the user
-_PARSER_NOISE = ("Does not validate against any of the Union subtypes", "Subtypes:", "Errors:", "Given value type:",
-                 "Given value:", "- Expected a <class 'NoneType'>")
+_PARSER_NOISE = (
+    "Does not validate against any of the Union subtypes",
+    "Subtypes:",
+    "Errors:",
+    "Given value type:",
+    "Given value:",
+    "- Expected a <class 'NoneType'>",
+)
 
 
 def tidy_parser_message(message: str) -> str:

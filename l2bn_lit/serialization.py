@@ -33,7 +33,9 @@ class CheckpointError(ValueError):
     project, or needing code this project does not allow to run."""
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu", required: tuple[str, ...] = CHECKPOINT_KEYS) -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path, map_location: Any = "cpu", required: tuple[str, ...] = CHECKPOINT_KEYS
+) -> dict[str, Any]:
     """Reads a checkpoint with ``torch.load(weights_only=True)`` and :data:`SAFE_GLOBALS`.
 
     Args:
@@ -60,10 +62,13 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu", required: tuple
                 "project contains (a file from elsewhere, or a tampered one). Load it yourself only if you trust "
                 "its source."
             ) from None
-        raise CheckpointError(f"{path}: not a PyTorch checkpoint (its contents are not in torch.save's format)") from None
+        raise CheckpointError(
+            f"{path}: not a PyTorch checkpoint (its contents are not in torch.save's format)"
+        ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, KeyError, IndexError, OSError) as error:
         raise CheckpointError(
-            f"{path}: truncated or corrupt ({type(error).__name__}: {_first_line(error)}); use another checkpoint of the run"
+            f"{path}: truncated or corrupt ({type(error).__name__}: {_first_line(error)}); use another "
+            "checkpoint of the run"
         ) from None
     missing = [key for key in required if not isinstance(checkpoint, dict) or key not in checkpoint]
     if missing:

@@ -36,7 +36,9 @@ class LogMelClassifier(nn.Module):
     ``(N, num_classes)`` logits. ``augment`` (time roll, SpecAugment, Freq-MixStyle) acts on the
     log-mel, so both inputs are treated alike."""
 
-    def __init__(self, frontend: LogMel, augment: nn.Module, cnn: nn.Module, wave_augment: nn.Module | None = None) -> None:
+    def __init__(
+        self, frontend: LogMel, augment: nn.Module, cnn: nn.Module, wave_augment: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.frontend, self.augment, self.cnn = frontend, augment, cnn
         self.wave_augment = wave_augment if wave_augment is not None else nn.Identity()
@@ -46,7 +48,8 @@ class LogMelClassifier(nn.Module):
             x = self.frontend(self.wave_augment(x))
         elif x.dim() != 4 or x.shape[1] != 1 or x.shape[2] != self.frontend.mel.n_mels:
             raise ValueError(
-                f"expected waveforms (N, samples) or log-mels (N, 1, {self.frontend.mel.n_mels}, frames), got {tuple(x.shape)}"
+                f"expected waveforms (N, samples) or log-mels (N, 1, {self.frontend.mel.n_mels}, frames), "
+                f"got {tuple(x.shape)}"
             )
         # the features enter the CNN at its own precision: float16 when it ships as the baselines do (model.half())
         return self.cnn(self.augment(x).to(next(self.cnn.parameters()).dtype))
@@ -62,13 +65,21 @@ class BaselineCNN(nn.Module):
     def __init__(self, num_classes: int, norm_layer: NormLayer, in_channels: int = 1, dropout: float = 0.3) -> None:
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, 32, 7, padding=3, bias=False), norm_layer(32), nn.ReLU(inplace=True),
-            nn.MaxPool2d(5, ceil_mode=True), nn.Dropout(dropout),
-            nn.Conv2d(32, 64, 7, padding=3, bias=False), norm_layer(64), nn.ReLU(inplace=True),
-            nn.MaxPool2d(4, ceil_mode=True), nn.Dropout(dropout),
+            nn.Conv2d(in_channels, 32, 7, padding=3, bias=False),
+            norm_layer(32),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(5, ceil_mode=True),
+            nn.Dropout(dropout),
+            nn.Conv2d(32, 64, 7, padding=3, bias=False),
+            norm_layer(64),
+            nn.ReLU(inplace=True),
+            nn.MaxPool2d(4, ceil_mode=True),
+            nn.Dropout(dropout),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Sequential(nn.Linear(64, 100), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(100, num_classes))
+        self.head = nn.Sequential(
+            nn.Linear(64, 100), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(100, num_classes)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.pool(self.body(x)).flatten(1))
@@ -80,7 +91,9 @@ class BaselineCNN(nn.Module):
 class _PreActConv(nn.Sequential):
     """norm -> [ReLU] -> conv, the pre-activation layer of McDonnell & Gao's ASC ResNet."""
 
-    def __init__(self, norm: nn.Module, in_ch: int, out_ch: int, kernel: int, stride: tuple[int, int], relu: bool) -> None:
+    def __init__(
+        self, norm: nn.Module, in_ch: int, out_ch: int, kernel: int, stride: tuple[int, int], relu: bool
+    ) -> None:
         layers = [norm, nn.ReLU()] if relu else [norm]
         super().__init__(*layers, nn.Conv2d(in_ch, out_ch, kernel, stride=stride, padding=kernel // 2, bias=False))
 
@@ -154,9 +167,15 @@ class FrequencySplitResNet(nn.Module):
         return self.head[1]
 
 
-def _conv(norm_layer: NormLayer, cin: int, cout: int, kernel: int = 3, stride: int | tuple[int, int] = 1) -> list[nn.Module]:
+def _conv(
+    norm_layer: NormLayer, cin: int, cout: int, kernel: int = 3, stride: int | tuple[int, int] = 1
+) -> list[nn.Module]:
     """conv ('same' padding) -> norm -> ReLU."""
-    return [nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False), norm_layer(cout), nn.ReLU(inplace=True)]
+    return [
+        nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False),
+        norm_layer(cout),
+        nn.ReLU(inplace=True),
+    ]
 
 
 class ChannelAttention(nn.Module):
@@ -165,7 +184,9 @@ class ChannelAttention(nn.Module):
 
     def __init__(self, channels: int, ratio: int = 2) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(channels, channels // ratio), nn.ReLU(inplace=True), nn.Linear(channels // ratio, channels))
+        self.mlp = nn.Sequential(
+            nn.Linear(channels, channels // ratio), nn.ReLU(inplace=True), nn.Linear(channels // ratio, channels)
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         weights = torch.sigmoid(self.mlp(x.mean((2, 3))) + self.mlp(x.amax((2, 3))))
@@ -177,8 +198,11 @@ class _AttentionHead(nn.Sequential):
 
     def __init__(self, channels: int, num_classes: int, plain_norm: NormLayer) -> None:
         super().__init__(
-            *_conv(plain_norm, channels, num_classes, kernel=1), plain_norm(num_classes), ChannelAttention(num_classes, 2),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            *_conv(plain_norm, channels, num_classes, kernel=1),
+            plain_norm(num_classes),
+            ChannelAttention(num_classes, 2),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
 
 
@@ -204,9 +228,14 @@ class FCNN(_AttentionHeadNetwork):
             stage3 += _conv(norm_layer, w2 if i == 0 else w3, w3) + ([nn.Dropout(0.3)] if i < 3 else [])
         super().__init__(
             norm_layer(in_channels),
-            *_conv(norm_layer, in_channels, w1, kernel=5, stride=2), *_conv(norm_layer, w1, w1), nn.MaxPool2d(2),
-            *_conv(norm_layer, w1, w2), *_conv(norm_layer, w2, w2), nn.MaxPool2d(2),
-            *stage3, nn.MaxPool2d(2),
+            *_conv(norm_layer, in_channels, w1, kernel=5, stride=2),
+            *_conv(norm_layer, w1, w1),
+            nn.MaxPool2d(2),
+            *_conv(norm_layer, w1, w2),
+            *_conv(norm_layer, w2, w2),
+            nn.MaxPool2d(2),
+            *stage3,
+            nn.MaxPool2d(2),
             _AttentionHead(w3, num_classes, plain_norm),
         )
 
@@ -217,17 +246,32 @@ class FrequencySubsampledFCNN(_AttentionHeadNetwork):
     frequency) in the third, dropout 0.5 in the fourth, and the attention head."""
 
     def __init__(
-        self, num_classes: int, norm_layer: NormLayer, plain_norm: NormLayer, in_channels: int = 1, widths=(14, 24, 48, 96)
+        self,
+        num_classes: int,
+        norm_layer: NormLayer,
+        plain_norm: NormLayer,
+        in_channels: int = 1,
+        widths=(14, 24, 48, 96),
     ) -> None:
         w1, w2, w3, w4 = widths
         super().__init__(
             norm_layer(in_channels),
-            *_conv(norm_layer, in_channels, w1, kernel=5, stride=(1, 2)), *_conv(norm_layer, w1, w1),
+            *_conv(norm_layer, in_channels, w1, kernel=5, stride=(1, 2)),
+            *_conv(norm_layer, w1, w1),
             nn.MaxPool2d(3, stride=2, padding=1),
-            *_conv(norm_layer, w1, w2), *_conv(norm_layer, w2, w2), nn.MaxPool2d(3, stride=2, padding=1),
-            *_conv(norm_layer, w2, w3), *_conv(norm_layer, w3, w3), nn.MaxPool2d(3, stride=(1, 2), padding=1),
-            *_conv(norm_layer, w3, w3), *_conv(norm_layer, w3, w3), nn.MaxPool2d(3, stride=(1, 2), padding=1),
-            *_conv(norm_layer, w3, w4), nn.Dropout(0.5), *_conv(norm_layer, w4, w4), nn.Dropout(0.5),
+            *_conv(norm_layer, w1, w2),
+            *_conv(norm_layer, w2, w2),
+            nn.MaxPool2d(3, stride=2, padding=1),
+            *_conv(norm_layer, w2, w3),
+            *_conv(norm_layer, w3, w3),
+            nn.MaxPool2d(3, stride=(1, 2), padding=1),
+            *_conv(norm_layer, w3, w3),
+            *_conv(norm_layer, w3, w3),
+            nn.MaxPool2d(3, stride=(1, 2), padding=1),
+            *_conv(norm_layer, w3, w4),
+            nn.Dropout(0.5),
+            *_conv(norm_layer, w4, w4),
+            nn.Dropout(0.5),
             _AttentionHead(w4, num_classes, plain_norm),
         )
 
@@ -258,7 +302,11 @@ def build_audio_model(
         raise ValueError(f"unknown audio arch {arch!r}; choose one of {', '.join(AUDIO_ARCHITECTURES)}")
     options, extra = dict(norm_options or {}), dict(arch_options or {})
     constructor = AUDIO_ARCHITECTURES[arch]
-    accepted = [name for name in inspect.signature(constructor).parameters if name not in ("num_classes", "norm_layer", "plain_norm")]
+    accepted = [
+        name
+        for name in inspect.signature(constructor).parameters
+        if name not in ("num_classes", "norm_layer", "plain_norm")
+    ]
     unknown = sorted(set(extra) - set(accepted))
     if unknown:
         raise ValueError(f"arch_options {unknown} are not options of {arch!r}; it takes {', '.join(accepted)}")

@@ -42,7 +42,9 @@ class BasicBlock(nn.Module):
     """conv-norm-relu-conv-norm + shortcut, then relu. Where the shape changes the shortcut is a
     1x1 conv + norm (``shortcut="B"``, projection) or a subsampled, zero-padded identity (``"A"``)."""
 
-    def __init__(self, in_planes: int, planes: int, stride: int, norm_layer: NormLayer, shortcut: Shortcut = "B") -> None:
+    def __init__(
+        self, in_planes: int, planes: int, stride: int, norm_layer: NormLayer, shortcut: Shortcut = "B"
+    ) -> None:
         super().__init__()
         self.conv1 = _conv3x3(in_planes, planes, stride)
         self.bn1 = norm_layer(planes)

@@ -58,8 +58,18 @@ def vgg16(num_classes: int, norm_layer: NormLayer, in_channels: int = 3) -> Cifa
 def mobilenet_v2(num_classes: int, norm_layer: NormLayer, in_channels: int = 3) -> nn.Module:
     """torchvision's MobileNetV2 (norm_layer injected) with stride 1 in the stem and second stage."""
     # t, c, n, s as in torchvision, second row's stride 2 -> 1 for 32x32 inputs
-    setting = [[1, 16, 1, 1], [6, 24, 2, 1], [6, 32, 3, 2], [6, 64, 4, 2], [6, 96, 3, 1], [6, 160, 3, 2], [6, 320, 1, 1]]
-    model = torchvision.models.MobileNetV2(num_classes=num_classes, inverted_residual_setting=setting, norm_layer=norm_layer)
+    setting = [
+        [1, 16, 1, 1],
+        [6, 24, 2, 1],
+        [6, 32, 3, 2],
+        [6, 64, 4, 2],
+        [6, 96, 3, 1],
+        [6, 160, 3, 2],
+        [6, 320, 1, 1],
+    ]
+    model = torchvision.models.MobileNetV2(
+        num_classes=num_classes, inverted_residual_setting=setting, norm_layer=norm_layer
+    )
     model.features[0][0] = nn.Conv2d(in_channels, 32, 3, stride=1, padding=1, bias=False)
     return model
 

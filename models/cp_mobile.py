@@ -25,7 +25,13 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 
 
 def _conv_norm_act(
-    in_channels: int, out_channels: int, kernel: int, stride: int | tuple[int, int], groups: int, norm_layer: NormLayer, act: bool
+    in_channels: int,
+    out_channels: int,
+    kernel: int,
+    stride: int | tuple[int, int],
+    groups: int,
+    norm_layer: NormLayer,
+    act: bool,
 ) -> nn.Sequential:
     layers: list[nn.Module] = [
         nn.Conv2d(in_channels, out_channels, kernel, stride, padding=kernel // 2, groups=groups, bias=False),
@@ -97,11 +103,18 @@ class CPMobile(nn.Module):
             for i in range(count):
                 number += 1
                 in_ch = widths[stage] if i == 0 else widths[stage + 1]
-                layers.append(InvertedResidual(in_ch, widths[stage + 1], expansion_rate, tuple(strides.get(number, (1, 1))), norm_layer))
+                layers.append(
+                    InvertedResidual(
+                        in_ch, widths[stage + 1], expansion_rate, tuple(strides.get(number, (1, 1))), norm_layer
+                    )
+                )
             stages.append(nn.Sequential(*layers))
         self.stages = nn.Sequential(*stages)
         self.classifier = nn.Sequential(
-            nn.Conv2d(widths[-1], num_classes, 1, bias=False), norm_layer(num_classes), nn.AdaptiveAvgPool2d(1), nn.Flatten()
+            nn.Conv2d(widths[-1], num_classes, 1, bias=False),
+            norm_layer(num_classes),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
         for module in self.modules():
             if isinstance(module, nn.Conv2d):

@@ -85,8 +85,14 @@ class LogMel(nn.Module):
         cfg = self.settings
         self.log_floor = cfg.log_floor
         self.mel = torchaudio.transforms.MelSpectrogram(
-            sample_rate=sample_rate, n_fft=cfg.n_fft, win_length=cfg.win_length, hop_length=cfg.hop_length,
-            n_mels=cfg.n_mels, f_min=cfg.f_min, f_max=cfg.f_max, power=2.0,
+            sample_rate=sample_rate,
+            n_fft=cfg.n_fft,
+            win_length=cfg.win_length,
+            hop_length=cfg.hop_length,
+            n_mels=cfg.n_mels,
+            f_min=cfg.f_min,
+            f_max=cfg.f_max,
+            power=2.0,
         )
         self.to_db = torchaudio.transforms.AmplitudeToDB("power", top_db=cfg.top_db) if cfg.log == "db" else None
 

@@ -74,7 +74,9 @@ def build_model(
             raise ValueError(f"torchvision models take norm 'bn' or 'l2bn' (through convert_norm), got {norm!r}")
         if in_channels != 3:
             raise ValueError(f"torchvision models take 3-channel input, the data has {in_channels}")
-        model = _construct(arch, torchvision.models.get_model, arch_options, name, weights=None, num_classes=num_classes)
+        model = _construct(
+            arch, torchvision.models.get_model, arch_options, name, weights=None, num_classes=num_classes
+        )
         if pretrained == "default":
             load_matching(model, torchvision.models.get_model(name, weights="DEFAULT").state_dict(), arch)
         elif pretrained is not None:
@@ -88,17 +90,23 @@ def build_model(
         known = ", ".join([*ARCHITECTURES, "shufflenet_v2", f"{TORCHVISION_PREFIX}<name>", f"{TIMM_PREFIX}<name>"])
         raise ValueError(f"unknown arch {arch!r}; choose one of {known}")
     norm_layer = get_norm_layer(norm, 2, **options)
-    return _construct(arch, ARCHITECTURES[arch], arch_options, num_classes=num_classes, norm_layer=norm_layer, in_channels=in_channels)
+    return _construct(
+        arch, ARCHITECTURES[arch], arch_options, num_classes=num_classes, norm_layer=norm_layer, in_channels=in_channels
+    )
 
 
-def _construct(arch: str, constructor: Callable[..., nn.Module], arch_options: dict[str, Any], *args: Any, **kwargs: Any) -> nn.Module:
+def _construct(
+    arch: str, constructor: Callable[..., nn.Module], arch_options: dict[str, Any], *args: Any, **kwargs: Any
+) -> nn.Module:
     """``constructor(*args, **kwargs, **arch_options)``; an option the constructor does not take is
     an error naming ``arch_options``."""
     accepted = inspect.signature(constructor).parameters
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
     unknown = sorted(set(arch_options) - set(accepted)) if not takes_any else []
     if unknown:
-        raise ValueError(f"arch={arch!r} does not take arch_options {unknown}; it takes {sorted(set(accepted) - set(kwargs))}")
+        raise ValueError(
+            f"arch={arch!r} does not take arch_options {unknown}; it takes {sorted(set(accepted) - set(kwargs))}"
+        )
     return constructor(*args, **kwargs, **arch_options)
 
 
@@ -119,7 +127,9 @@ def _timm_model(
         raise ValueError(f"unknown timm model {name!r} in arch=timm.{name} (timm.list_models() lists them)")
     if norm not in ("bn", "l2bn"):
         raise ValueError(f"timm models take norm 'bn' or 'l2bn' (through convert_norm), got {norm!r}")
-    model = timm.create_model(name, pretrained=pretrained == "default", num_classes=num_classes, in_chans=in_channels, **arch_options)
+    model = timm.create_model(
+        name, pretrained=pretrained == "default", num_classes=num_classes, in_chans=in_channels, **arch_options
+    )
     if pretrained not in (None, "default"):
         load_matching(model, _read_state_dict(pretrained), f"timm.{name}")
     return convert_norm(model, norm, **options) if norm == "l2bn" else model
@@ -149,5 +159,7 @@ def load_matching(model: nn.Module, state: dict[str, torch.Tensor], arch: str) -
     reshaped = sorted(k for k, v in state.items() if v.shape != own[k].shape)
     model.load_state_dict({k: v for k, v in state.items() if k not in reshaped}, strict=False)
     if reshaped:
-        log.info("pretrained weights for %s: kept the fresh initialization of %s (other shape)", arch, ", ".join(reshaped))
+        log.info(
+            "pretrained weights for %s: kept the fresh initialization of %s (other shape)", arch, ", ".join(reshaped)
+        )
     return reshaped

@@ -19,7 +19,11 @@ class SmallCNN(nn.Module):
         super().__init__()
 
         def stage(cin: int, cout: int, stride: int) -> list[nn.Module]:
-            return [nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False), norm_layer(cout), nn.ReLU(inplace=True)]
+            return [
+                nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+                norm_layer(cout),
+                nn.ReLU(inplace=True),
+            ]
 
         self.body = nn.Sequential(
             *stage(in_channels, width, 1), *stage(width, 2 * width, 2), *stage(2 * width, 4 * width, 1)

@@ -44,8 +44,23 @@ def dcase_runs(tmp_path_factory, synthetic_root):
     folder = tmp_path_factory.mktemp("runs")
     summaries = {}
     for norm in ("bn", "l2bn"):
-        main(["fit", "--config", config, "--data.init_args.root", str(synthetic_root), "--model.init_args.norm", norm,
-              "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(folder / norm)])
+        main(
+            [
+                "fit",
+                "--config",
+                config,
+                "--data.init_args.root",
+                str(synthetic_root),
+                "--model.init_args.norm",
+                norm,
+                "--trainer.max_epochs",
+                "2",
+                "--trainer.enable_progress_bar",
+                "false",
+                "--trainer.default_root_dir",
+                str(folder / norm),
+            ]
+        )
         run = folder / norm / "csv" / "version_0"
         summaries[norm] = pd.read_csv(run / "dcase_summary.csv").set_index("metric")["value"]
     return folder, summaries

@@ -7,14 +7,13 @@ transfer fail: ConnectionResetError / FileNotFoundError under CPU load.)"""
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import queue
 import tempfile
 import traceback
 from collections.abc import Callable
 from typing import Any
-
-import multiprocessing as mp
 
 import numpy as np
 import torch
@@ -26,7 +25,9 @@ def _worker(fn: Callable, rank: int, world_size: int, init_file: str, results: A
     try:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
         try:
-            value = tree_map(lambda t: t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else t, fn(rank, world_size, *args))
+            value = tree_map(
+                lambda t: t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else t, fn(rank, world_size, *args)
+            )
             results.put((rank, "ok", value))
         finally:
             dist.destroy_process_group()

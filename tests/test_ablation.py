@@ -45,16 +45,45 @@ def _record_sweeps(monkeypatch) -> list[list[str]]:
 
 def test_command_runs_each_cell_as_a_sweep_then_tabulates(tmp_path, monkeypatch):
     calls = _record_sweeps(monkeypatch)
-    table = ablation.main(["--config", "c.yaml", "--cell", "baseline=", "--cell", "init=--model.init_args.init torch",
-                           "--seeds", "0", "1", "--out", str(tmp_path), "--parallel", "2", "--", "--trainer.max_epochs", "4"])
+    table = ablation.main(
+        [
+            "--config",
+            "c.yaml",
+            "--cell",
+            "baseline=",
+            "--cell",
+            "init=--model.init_args.init torch",
+            "--seeds",
+            "0",
+            "1",
+            "--out",
+            str(tmp_path),
+            "--parallel",
+            "2",
+            "--",
+            "--trainer.max_epochs",
+            "4",
+        ]
+    )
     assert calls[0][-3:] == ["--", "--trainer.max_epochs", "4"]
     assert calls[1][-5:] == ["--", "--trainer.max_epochs", "4", "--model.init_args.init", "torch"]
     assert calls[1][calls[1].index("--out") + 1] == str(tmp_path / "init") and "--parallel" in calls[1]
     assert list(table["cell"]) == ["baseline", "init"]
     report = (tmp_path / "ablation.md").read_text()
     assert "`init`: `--model.init_args.init torch`" in report and (tmp_path / "ablation.csv").is_file()
-    again = ablation.main(["--config", "c.yaml", "--cell", "baseline=", "--cell", "init=--model.init_args.init torch",
-                           "--out", str(tmp_path), "--report-only"])
+    again = ablation.main(
+        [
+            "--config",
+            "c.yaml",
+            "--cell",
+            "baseline=",
+            "--cell",
+            "init=--model.init_args.init torch",
+            "--out",
+            str(tmp_path),
+            "--report-only",
+        ]
+    )
     assert len(calls) == 2 and again.equals(table)
     with pytest.raises(SystemExit, match="NAME=OPTIONS"):
         ablation.main(["--config", "c.yaml", "--cell", "no-equals-sign", "--out", str(tmp_path)])
@@ -64,5 +93,13 @@ def test_a_quoted_json_value_in_a_cell_stays_one_option(tmp_path, monkeypatch):
     calls = _record_sweeps(monkeypatch)
     cell = """shortcut_a=--model.init_args.arch_options '{"shortcut": "A"}' --data.init_args.std '[0.2, 0.2, 0.2]'"""
     ablation.main(["--config", "c.yaml", "--cell", cell, "--out", str(tmp_path)])
-    assert calls[0][-4:] == ["--model.init_args.arch_options", '{"shortcut": "A"}', "--data.init_args.std", "[0.2, 0.2, 0.2]"]
-    assert """`shortcut_a`: `--model.init_args.arch_options '{"shortcut": "A"}'""" in (tmp_path / "ablation.md").read_text()
+    assert calls[0][-4:] == [
+        "--model.init_args.arch_options",
+        '{"shortcut": "A"}',
+        "--data.init_args.std",
+        "[0.2, 0.2, 0.2]",
+    ]
+    assert (
+        """`shortcut_a`: `--model.init_args.arch_options '{"shortcut": "A"}'"""
+        in (tmp_path / "ablation.md").read_text()
+    )

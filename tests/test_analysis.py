@@ -13,22 +13,16 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from distributed import run_distributed
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from l2bn_lit.lit.callbacks import (
-    NORM_TYPES,
-    analysis_summary,
-    FeatureNormMonitor,
-    GradientNormMonitor,
-    PenultimateGeometry,
-    coefficient_of_variation,
-    feature_geometry,
-)
+from l2bn_lit.lit import ImageClassifier
+from l2bn_lit.lit.callbacks import FeatureNormMonitor, GradientNormMonitor, PenultimateGeometry
 from l2bn_lit.lit.cli import main
-from models import ImageClassifier
-
-from distributed import run_distributed
+from l2bn_lit.nn import NORM_TYPES
+from l2bn_lit.reports.geometry import coefficient_of_variation, feature_geometry
+from l2bn_lit.reports.runs import analysis_summary
 
 
 def test_coefficient_of_variation_by_hand():
@@ -54,10 +48,16 @@ def test_feature_geometry_against_numpy_loops():
     rng = np.random.default_rng(0)
     features, labels = rng.standard_normal((60, 5)) + 1, rng.integers(0, 4, 60)
     centroids = {c: features[labels == c].mean(0) for c in range(4)}
-    cos = [features[i] @ centroids[c] / np.linalg.norm(features[i]) / np.linalg.norm(centroids[c]) for i, c in enumerate(labels)]
+    cos = [
+        features[i] @ centroids[c] / np.linalg.norm(features[i]) / np.linalg.norm(centroids[c])
+        for i, c in enumerate(labels)
+    ]
     angles = [
-        math.degrees(math.acos(centroids[a] @ centroids[b] / np.linalg.norm(centroids[a]) / np.linalg.norm(centroids[b])))
-        for a in range(4) for b in range(a + 1, 4)
+        math.degrees(
+            math.acos(centroids[a] @ centroids[b] / np.linalg.norm(centroids[a]) / np.linalg.norm(centroids[b]))
+        )
+        for a in range(4)
+        for b in range(a + 1, 4)
     ]
     within = sum(np.sum((features[i] - centroids[c]) ** 2) for i, c in enumerate(labels))
     between = sum((labels == c).sum() * np.sum((centroids[c] - features.mean(0)) ** 2) for c in range(4))
@@ -70,13 +70,22 @@ def test_feature_geometry_against_numpy_loops():
 @pytest.mark.parametrize("norm", ["bn", "l2bn"])
 def test_callbacks_record_what_an_independent_pass_computes(norm, tmp_path):
     gen = torch.Generator().manual_seed(0)
-    x, y = torch.randn(24, 1, 8, 8, generator=gen) * torch.linspace(0.2, 3, 24)[:, None, None, None], torch.arange(24) % 3
+    x, y = (
+        torch.randn(24, 1, 8, 8, generator=gen) * torch.linspace(0.2, 3, 24)[:, None, None, None],
+        torch.arange(24) % 3,
+    )
     model = ImageClassifier(3, [1, 8, 8], arch="small_cnn", norm=norm, lr=0.1)
     reference = copy.deepcopy(model)
     callbacks = [FeatureNormMonitor(every_n_steps=1), GradientNormMonitor(every_n_steps=1), PenultimateGeometry()]
     trainer = pl.Trainer(
-        max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-        num_sanity_val_steps=0, callbacks=callbacks, default_root_dir=tmp_path,
+        max_steps=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        default_root_dir=tmp_path,
     )
     loader = DataLoader(TensorDataset(x, y), batch_size=24)
     trainer.fit(model, loader, loader)
@@ -119,17 +128,34 @@ def test_callbacks_record_what_an_independent_pass_computes(norm, tmp_path):
 
 
 def test_callbacks_from_the_cli_log_to_the_run_and_write_plots(tmp_path):
-    args = ["fit", "--config", "configs/quickstart.yaml", "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "4",
-            "--trainer.logger", f'{{"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {{"save_dir": "{tmp_path}"}}}}',
-            "--trainer.enable_progress_bar", "false"]
+    args = [
+        "fit",
+        "--config",
+        "configs/quickstart.yaml",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.limit_train_batches",
+        "4",
+        "--trainer.logger",
+        f'{{"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {{"save_dir": "{tmp_path}"}}}}',
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     for callback in ("FeatureNormMonitor", "GradientNormMonitor"):
         args += [f"--trainer.callbacks+=l2bn_lit.lit.callbacks.{callback}", "--trainer.callbacks.every_n_steps", "2"]
     args += ["--trainer.callbacks+=l2bn_lit.lit.callbacks.PenultimateGeometry"]
     main(args)
     (run,) = tmp_path.glob("lightning_logs/version_*")
     metrics = pd.read_csv(run / "metrics.csv")
-    for column in ("feature_norm_cv/mean", "feature_norm_cv_out/mean", "grad_norm/total", "geometry/intra_cos",
-                   "geometry/inter_angle", "geometry/scatter_ratio", "feature_norm_cv/network.body.1"):
+    for column in (
+        "feature_norm_cv/mean",
+        "feature_norm_cv_out/mean",
+        "grad_norm/total",
+        "geometry/intra_cos",
+        "geometry/inter_angle",
+        "geometry/scatter_ratio",
+        "feature_norm_cv/network.body.1",
+    ):
         assert metrics[column].notna().any(), column
     assert metrics["geometry/intra_cos"].notna().sum() == 2  # one per epoch
     assert sorted(pd.read_csv(run / "feature_norms.csv")["step"].unique()) == [0, 2, 4, 6]
@@ -156,8 +182,14 @@ def _geometry_run(x: torch.Tensor, y: torch.Tensor, **trainer_options) -> list[d
     torch.manual_seed(0)
     model = ImageClassifier(3, [1, 8, 8], arch="small_cnn")
     geometry = PenultimateGeometry()
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         callbacks=[geometry], **trainer_options)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[geometry],
+        **trainer_options,
+    )
     trainer.validate(model, DataLoader(TensorDataset(x, y), batch_size=4))
     return geometry.history
 
@@ -165,8 +197,14 @@ def _geometry_run(x: torch.Tensor, y: torch.Tensor, **trainer_options) -> list[d
 def _geometry_worker(rank: int, world_size: int, x: torch.Tensor, y: torch.Tensor) -> list[dict]:
     import os
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="0", WORLD_SIZE=str(world_size), RANK=str(rank),
-                      LOCAL_RANK=str(rank), NODE_RANK="0")
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT="0",
+        WORLD_SIZE=str(world_size),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        NODE_RANK="0",
+    )
     return _geometry_run(x, y, strategy="ddp", devices=world_size)
 
 
@@ -184,21 +222,34 @@ def test_analysis_summary_by_hand(tmp_path):
         folder = tmp_path / name
         folder.mkdir()
         pd.DataFrame({"step": [0, 0, 50, 50], "layer": ["a", "b"] * 2, "cv_in": cv_in, "cv_out": [0.05] * 4}).to_csv(
-            folder / "feature_norms.csv", index=False)
-        pd.DataFrame({"epoch": [1, 0], "step": [20, 10], "intra_cos": [0.9, 0.5], "inter_angle": [inter_angle, 1.0],
-                      "scatter_ratio": [1.0, 9.0]}).to_csv(folder / "geometry.csv", index=False)
+            folder / "feature_norms.csv", index=False
+        )
+        pd.DataFrame(
+            {
+                "epoch": [1, 0],
+                "step": [20, 10],
+                "intra_cos": [0.9, 0.5],
+                "inter_angle": [inter_angle, 1.0],
+                "scatter_ratio": [1.0, 9.0],
+            }
+        ).to_csv(folder / "geometry.csv", index=False)
         steps, layers = [0, 0, 50, 50, 100, 100, 150, 150], ["a", "b"] * 4
         pd.DataFrame({"step": steps, "layer": layers, "grad_norm": [99.0, 99.0, 99.0, 99.0, *late_grads]}).to_csv(
-            folder / "grad_norms.csv", index=False)
+            folder / "grad_norms.csv", index=False
+        )
         return folder
 
-    first = run("s0", [0.1, 0.3, 0.1, 0.3], 30.0, [1.0, 2.0, 10.0, 2.0])  # late log10: a 0, 1 (std 0.7071); b 0 -> 0.3536
+    first = run(
+        "s0", [0.1, 0.3, 0.1, 0.3], 30.0, [1.0, 2.0, 10.0, 2.0]
+    )  # late log10: a 0, 1 (std 0.7071); b 0 -> 0.3536
     second = run("s1", [0.4, 0.4, 0.4, 0.4], 50.0, [1.0, 1.0, 1.0, 1.0])  # steady: 0
     (row,) = analysis_summary({"l2bn": [first, second]}).to_dict("records")
     assert row["runs"] == 2
     assert row["cv_in mean"] == pytest.approx(0.3) and row["cv_in std"] == pytest.approx(statistics.stdev([0.2, 0.4]))
     assert row["cv_out mean"] == pytest.approx(0.05)
-    assert row["inter_angle mean"] == pytest.approx(40.0) and row["intra_cos mean"] == pytest.approx(0.9)  # last epoch only
+    assert row["inter_angle mean"] == pytest.approx(40.0) and row["intra_cos mean"] == pytest.approx(
+        0.9
+    )  # last epoch only
     assert row["grad_log_std mean"] == pytest.approx(statistics.stdev([0, 1]) / 4)
 
 

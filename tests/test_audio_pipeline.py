@@ -12,8 +12,8 @@ import torch
 
 from datamodules import TAUScenesDataModule
 from l2bn_lit import L2BN2d
-from l2bn_lit.lit.cli import main
 from l2bn_lit.lit.base import CheckpointMismatchError
+from l2bn_lit.lit.cli import main
 from models import AudioSceneClassifier
 from models.audio_augment import SpecAugment
 from models.frontend import LogMel, LogMelSettings
@@ -29,8 +29,16 @@ def test_logmel_matches_librosa_and_the_papers_frame_count():
     ours = frontend(torch.from_numpy(wave)[None])[0, 0].double()
     assert ours.shape == (128, 431)  # the paper's 431 frames per 10-s clip
     reference = librosa.feature.melspectrogram(
-        y=wave.astype(np.float64), sr=44100, n_fft=2048, hop_length=1024, n_mels=128, power=2.0,
-        htk=True, norm=None, center=True, pad_mode="reflect",
+        y=wave.astype(np.float64),
+        sr=44100,
+        n_fft=2048,
+        hop_length=1024,
+        n_mels=128,
+        power=2.0,
+        htk=True,
+        norm=None,
+        center=True,
+        pad_mode="reflect",
     )
     torch.testing.assert_close(ours, torch.from_numpy(np.log(reference + 1e-6)), atol=2e-3, rtol=1e-4)
 
@@ -71,8 +79,12 @@ def test_checkpoint_with_other_front_end_is_refused(tmp_path):
     cli = _cli(tmp_path, "fit", "--config", QUICKSTART_DCASE, "--trainer.max_epochs", "1", "--test_after_fit", "false")
     ckpt = Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
     data = TAUScenesDataModule(str(tmp_path / "dcase"), sample_rate=16000, duration=1.0)
-    other = AudioSceneClassifier(num_classes=5, input_shape=[16000], sample_rate=16000,
-                                 frontend=LogMelSettings(n_fft=512, hop_length=256, n_mels=40))
+    other = AudioSceneClassifier(
+        num_classes=5,
+        input_shape=[16000],
+        sample_rate=16000,
+        frontend=LogMelSettings(n_fft=512, hop_length=256, n_mels=40),
+    )
     trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, default_root_dir=tmp_path)
     with pytest.raises(CheckpointMismatchError, match="n_mels: model=40 checkpoint=64"):
         trainer.test(other, datamodule=data, ckpt_path=str(ckpt))
@@ -88,7 +100,10 @@ def test_checkpoint_of_another_label_set_is_refused(tmp_path):
     ckpt = Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt"
     renamed = ["airport", "bus", "metro", "park", "tram"]
     other = AudioSceneClassifier(
-        num_classes=5, input_shape=[16000], sample_rate=16000, frontend={"n_fft": 512, "hop_length": 256, "n_mels": 64},
+        num_classes=5,
+        input_shape=[16000],
+        sample_rate=16000,
+        frontend={"n_fft": 512, "hop_length": 256, "n_mels": 64},
         class_names=renamed,
     )
     with pytest.raises(CheckpointMismatchError, match="class_names"):
@@ -110,7 +125,9 @@ def test_a_checkpoint_with_the_front_end_settings_as_separate_keys_loads_and_is_
     assert model.hparams.frontend == cli.model.hparams.frontend
     features = torch.randn(2, 16000)
     torch.testing.assert_close(model.eval()(features), cli.model.eval()(features))
-    other = AudioSceneClassifier(num_classes=5, input_shape=[16000], sample_rate=16000, frontend={"n_fft": 512, "hop_length": 256})
+    other = AudioSceneClassifier(
+        num_classes=5, input_shape=[16000], sample_rate=16000, frontend={"n_fft": 512, "hop_length": 256}
+    )
     with pytest.raises(CheckpointMismatchError, match=r"frontend\.n_mels: model=128 checkpoint=64"):
         other.on_load_checkpoint(torch.load(old, weights_only=True))
 
@@ -119,7 +136,16 @@ def test_cli_refuses_front_end_options_that_contradict_the_checkpoint(tmp_path):
     cli = _cli(tmp_path, "fit", "--config", QUICKSTART_DCASE, "--trainer.max_epochs", "1", "--test_after_fit", "false")
     ckpt = str(Path(cli.trainer.log_dir) / "checkpoints" / "last.ckpt")
     with pytest.raises(CheckpointMismatchError, match="n_mels: model=40 checkpoint=64"):
-        _cli(tmp_path, "test", "--config", QUICKSTART_DCASE, "--model.init_args.frontend.n_mels", "40", "--ckpt_path", ckpt)
+        _cli(
+            tmp_path,
+            "test",
+            "--config",
+            QUICKSTART_DCASE,
+            "--model.init_args.frontend.n_mels",
+            "40",
+            "--ckpt_path",
+            ckpt,
+        )
 
 
 def test_frequency_split_resnet_keeps_its_two_bands_apart():
@@ -139,8 +165,20 @@ def test_frequency_split_resnet_keeps_its_two_bands_apart():
 
 
 def test_mixup_and_cutmix_train_on_waveforms(tmp_path):
-    cli = _cli(tmp_path, "fit", "--config", QUICKSTART_DCASE, "--trainer.fast_dev_run", "true", "--test_after_fit", "false",
-               "--model.init_args.mixup_alpha", "0.4", "--model.init_args.cutmix_alpha", "1.0")
+    cli = _cli(
+        tmp_path,
+        "fit",
+        "--config",
+        QUICKSTART_DCASE,
+        "--trainer.fast_dev_run",
+        "true",
+        "--test_after_fit",
+        "false",
+        "--model.init_args.mixup_alpha",
+        "0.4",
+        "--model.init_args.cutmix_alpha",
+        "1.0",
+    )
     assert torch.isfinite(cli.trainer.callback_metrics["train/loss"])
     wave, labels = torch.randn(8, 16000), torch.arange(8) % 5
     mixed, soft = cli.model.mix(wave.reshape(8, 1, 1, -1), labels)

@@ -34,8 +34,15 @@ class _Scripted(pl.LightningModule):
 
 def _fit(callback: ModelCheckpoint, tmp_path, epochs: int = len(ACC), ckpt_path: str | None = None) -> None:
     loader = DataLoader(TensorDataset(torch.zeros(2, 1)), batch_size=2)
-    trainer = pl.Trainer(max_epochs=epochs, callbacks=[callback], logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, default_root_dir=tmp_path, accelerator="cpu")
+    trainer = pl.Trainer(
+        max_epochs=epochs,
+        callbacks=[callback],
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        accelerator="cpu",
+    )
     trainer.fit(_Scripted(), loader, loader, ckpt_path=ckpt_path)
 
 
@@ -48,12 +55,14 @@ def test_ties_on_accuracy_are_broken_by_validation_loss(cls, best_epoch, tmp_pat
 
 
 def test_the_tie_value_survives_a_resume(tmp_path):
-    first = TieBreakingCheckpoint(monitor="val/acc", mode="max", filename="best-{epoch}", dirpath=tmp_path / "ckpt",
-                                  save_last=True)
+    first = TieBreakingCheckpoint(
+        monitor="val/acc", mode="max", filename="best-{epoch}", dirpath=tmp_path / "ckpt", save_last=True
+    )
     _fit(first, tmp_path, epochs=3)
     assert first.best_tie == pytest.approx(0.5)
-    resumed = TieBreakingCheckpoint(monitor="val/acc", mode="max", filename="best-{epoch}", dirpath=tmp_path / "ckpt",
-                                    save_last=True)
+    resumed = TieBreakingCheckpoint(
+        monitor="val/acc", mode="max", filename="best-{epoch}", dirpath=tmp_path / "ckpt", save_last=True
+    )
     _fit(resumed, tmp_path, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
     assert resumed.best_model_path.endswith("best-epoch=2.ckpt")  # epoch 3 ties at a higher loss
 
@@ -73,7 +82,9 @@ def test_lightning_writes_last_ckpt_only_with_a_new_best_and_ours_writes_it_ever
     lightning = ModelCheckpoint(monitor="val/acc", mode="max", save_last=True, dirpath=tmp_path / "lightning")
     _fit(lightning, tmp_path)
     assert _epoch_of(tmp_path / "lightning" / "last.ckpt") == 1  # the library behaviour this class mends
-    ours = TieBreakingCheckpoint(monitor="val/acc", mode="max", save_last=True, filename="best-{epoch}", dirpath=tmp_path / "ours")
+    ours = TieBreakingCheckpoint(
+        monitor="val/acc", mode="max", save_last=True, filename="best-{epoch}", dirpath=tmp_path / "ours"
+    )
     _fit(ours, tmp_path)
     assert _epoch_of(tmp_path / "ours" / "last.ckpt") == len(ACC) - 1
     assert ours.best_model_path.endswith("best-epoch=2.ckpt")

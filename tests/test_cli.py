@@ -8,9 +8,22 @@ from pytorch_lightning.plugins.layer_sync import TorchSyncBatchNorm
 from l2bn_lit import L2BNLayerSync
 from l2bn_lit.lit.cli import main, with_l2bn_layer_sync
 
-BASE = ["--model", "models.ImageClassifier", "--model.arch", "small_cnn", "--data", "datamodules.DigitsDataModule",
-        "--trainer.accelerator", "cpu",
-        "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.logger", "false"]
+BASE = [
+    "--model",
+    "models.ImageClassifier",
+    "--model.arch",
+    "small_cnn",
+    "--data",
+    "datamodules.DigitsDataModule",
+    "--trainer.accelerator",
+    "cpu",
+    "--trainer.strategy",
+    "ddp",
+    "--trainer.devices",
+    "2",
+    "--trainer.logger",
+    "false",
+]
 
 
 def _layer_sync(args):
@@ -41,16 +54,46 @@ def test_progress_bar_is_rich_and_can_be_switched_off():
 
 def test_fast_dev_run_writes_nothing_into_the_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    cli = main(["fit", "--model", "models.ImageClassifier", "--model.arch", "small_cnn", "--data",
-                "datamodules.DigitsDataModule", "--trainer.accelerator", "cpu", "--trainer.fast_dev_run", "true",
-                "--test_after_fit", "true"])
+    cli = main(
+        [
+            "fit",
+            "--model",
+            "models.ImageClassifier",
+            "--model.arch",
+            "small_cnn",
+            "--data",
+            "datamodules.DigitsDataModule",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.fast_dev_run",
+            "true",
+            "--test_after_fit",
+            "true",
+        ]
+    )
     assert cli.trainer.state.finished
     assert list(tmp_path.iterdir()) == []
 
 
-FIT_QUICK = ["fit", "--model", "models.ImageClassifier", "--model.arch", "small_cnn", "--data", "datamodules.DigitsDataModule",
-             "--trainer.accelerator", "cpu", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
-             "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false"]
+FIT_QUICK = [
+    "fit",
+    "--model",
+    "models.ImageClassifier",
+    "--model.arch",
+    "small_cnn",
+    "--data",
+    "datamodules.DigitsDataModule",
+    "--trainer.accelerator",
+    "cpu",
+    "--trainer.max_epochs",
+    "1",
+    "--trainer.limit_train_batches",
+    "2",
+    "--trainer.limit_val_batches",
+    "1",
+    "--trainer.enable_progress_bar",
+    "false",
+]
 
 
 def test_default_loggers_follow_default_root_dir(tmp_path, monkeypatch):

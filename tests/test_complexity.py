@@ -25,7 +25,9 @@ def test_counts_match_a_hand_computation():
 
 
 def test_command_prints_the_configs_model(capsys):
-    report = complexity(["--config", str(ROOT / "configs" / "cifar10_resnet20.yaml"), "--data.init_args.root", "unused"])
+    report = complexity(
+        ["--config", str(ROOT / "configs" / "cifar10_resnet20.yaml"), "--data.init_args.root", "unused"]
+    )
     out = capsys.readouterr().out
     printed = json.loads(out[out.index("{") :])
     assert printed["parameters"] == report["parameters"] == 272474
@@ -50,8 +52,13 @@ def test_parameter_memory_at_the_shipping_precision_and_the_limits():
 def test_audio_models_count_the_network_without_the_frontend(capsys):
     from models import AudioSceneClassifier
 
-    model = AudioSceneClassifier(num_classes=10, input_shape=[16000], sample_rate=16000, arch="dcase_baseline",
-                                 frontend={"n_fft": 512, "hop_length": 256, "n_mels": 40})
+    model = AudioSceneClassifier(
+        num_classes=10,
+        input_shape=[16000],
+        sample_rate=16000,
+        arch="dcase_baseline",
+        frontend={"n_fft": 512, "hop_length": 256, "n_mels": 40},
+    )
     report = complexity_report(model, [16000])
     frames = 1 + 16000 // 256  # centred STFT
     assert report["macs_frontend"] == frames * (512 // 2 + 1) * 40  # the mel filterbank product (FFT not counted)
@@ -60,7 +67,11 @@ def test_audio_models_count_the_network_without_the_frontend(capsys):
     printed = complexity(["--config", str(ROOT / "configs" / "quickstart_dcase.yaml")])
     out = capsys.readouterr().out
     assert "DCASE Task 1 limits (128 kB parameters, 30 M MACs per 1-s clip)" in out
-    verdict = "within the limits" if printed["parameter_memory_bytes"] <= 128_000 and printed["macs_network"] <= 30e6 else "OVER the limits"
+    verdict = (
+        "within the limits"
+        if printed["parameter_memory_bytes"] <= 128_000 and printed["macs_network"] <= 30e6
+        else "OVER the limits"
+    )
     assert verdict in out
 
 
@@ -81,14 +92,31 @@ def test_l2bn_inference_cost_by_hand_and_the_verdict_on_the_sum():
 
 def test_the_dcase_limits_are_checked_from_the_config_alone(tmp_path, capsys):
     """No data set on disk: the input shape follows from the front-end settings, the label set is TAU's ten scenes."""
-    report = complexity(["--config", str(ROOT / "configs" / "dcase2024_task1_cpmobile.yaml"), "--data.init_args.root", str(tmp_path / "none")])
+    report = complexity(
+        [
+            "--config",
+            str(ROOT / "configs" / "dcase2024_task1_cpmobile.yaml"),
+            "--data.init_args.root",
+            str(tmp_path / "none"),
+        ]
+    )
     assert report["parameters"] == 56_380 and report["macs_network"] == 28_082_708
     assert report["l2bn_values"] == 781_888 and report["macs_for_limits"] == 28_082_708 + 2 * 781_888
     out = capsys.readouterr().out
     assert "within the limits" in out and "a reviewer counting with torchinfo alone sees 28,082,708 MACs" in out
-    wide = complexity(["--config", str(ROOT / "configs" / "dcase2024_task1_cpmobile.yaml"), "--data.init_args.root", str(tmp_path / "none"),
-                       "--model.init_args.arch_options", '{"expansion_rate": 2.1}'])
-    assert wide["macs_network"] == 29_419_156 and wide["macs_for_limits"] == 29_419_156 + 2 * 800_320  # the baseline's width: over
+    wide = complexity(
+        [
+            "--config",
+            str(ROOT / "configs" / "dcase2024_task1_cpmobile.yaml"),
+            "--data.init_args.root",
+            str(tmp_path / "none"),
+            "--model.init_args.arch_options",
+            '{"expansion_rate": 2.1}',
+        ]
+    )
+    assert (
+        wide["macs_network"] == 29_419_156 and wide["macs_for_limits"] == 29_419_156 + 2 * 800_320
+    )  # the baseline's width: over
     assert "OVER the limits" in capsys.readouterr().out
 
 
@@ -97,7 +125,10 @@ def test_unknown_arch_option_names_the_accepted_ones():
 
     from models.audio import build_audio_model
 
-    with pytest.raises(ValueError, match=r"arch_options \['width'\] are not options of 'cp_mobile'; it takes in_channels, base_channels"):
+    with pytest.raises(
+        ValueError,
+        match=r"arch_options \['width'\] are not options of 'cp_mobile'; it takes in_channels, base_channels",
+    ):
         build_audio_model("cp_mobile", 10, "l2bn", None, {"width": 2})
 
 

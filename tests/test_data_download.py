@@ -115,7 +115,9 @@ def _spec(server: _Server, archives: dict[str, bytes], md5: dict[str, str] | Non
 
 
 def _same_tree(a: Path, b: Path) -> None:
-    files = lambda root: sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() and ".downloads" not in p.parts)  # noqa: E731
+    def files(root: Path) -> list[Path]:
+        return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file() and ".downloads" not in p.parts)
+
     assert files(a) == files(b)
     for name in files(a):
         assert (a / name).read_bytes() == (b / name).read_bytes(), name
@@ -166,14 +168,20 @@ def test_missing_archive_is_an_error_naming_it(server, release, tmp_path):
     _, archives = release
     spec = _spec(server, archives)
     del server.files[f"/record/1/files/{TOP}.meta.zip"]
-    with pytest.raises(DownloadError, match=rf"{TOP}.meta.zip: http://127.0.0.1:\d+/record/1/files/.* answered HTTP 404"):
+    with pytest.raises(
+        DownloadError, match=rf"{TOP}.meta.zip: http://127.0.0.1:\d+/record/1/files/.* answered HTTP 404"
+    ):
         download(spec, tmp_path / "tau")
 
 
 def test_mirror_replaces_the_host_and_keeps_the_checksums(server, release, tmp_path):
     source, archives = release
     spec = _spec(server, archives)
-    original = DatasetSpec("tiny", "", lambda: tuple(r.__class__(r.filename, r.url.replace("127.0.0.1", "zenodo.org"), r.md5) for r in spec.remotes))
+    original = DatasetSpec(
+        "tiny",
+        "",
+        lambda: tuple(r.__class__(r.filename, r.url.replace("127.0.0.1", "zenodo.org"), r.md5) for r in spec.remotes),
+    )
     mirrored = with_mirror(original, f"http://127.0.0.1:{server.server_address[1]}")
     assert [r.url for r in mirrored.remotes] == [r.url for r in spec.remotes]
     assert [r.md5 for r in mirrored.remotes] == [r.md5 for r in spec.remotes]
@@ -266,7 +274,9 @@ def test_check_reports_clips_off_the_spec_and_labels_outside_the_label_set(root,
     assert f"sample rate: {files[0]} (22050 Hz, not 16000)" in out
     assert f"channels: {files[1]} (2 channels, not 1)" in out
     assert f"label: 'airprot' (2 rows, e.g. {files[2]}): not one of --labels" in out
-    report = {r.list_path: r for r in check_lists(root, spec=AudioSpec(16000, 1, TAU_SCENES))}["evaluation_setup/fold1_train.csv"]
+    report = {r.list_path: r for r in check_lists(root, spec=AudioSpec(16000, 1, TAU_SCENES))}[
+        "evaluation_setup/fold1_train.csv"
+    ]
     assert report.other_rates == [(files[0], 22050)] and report.other_channels == [(files[1], 2)]
     assert report.unknown_labels == [("airprot", 2, files[2])]
     # the same folder against TAU's own spec (44.1 kHz): every clip of the 16 kHz synthetic set is off it

@@ -54,18 +54,26 @@ def test_device_impulse_responses_convolve_device_a_clips(root, tmp_path):
     rng = np.random.default_rng(0)
     response = rng.standard_normal(64).astype(np.float32)
     _write_ir(tmp_path / "irs" / "mic1.wav", response, 16000)
-    assert torch.allclose(load_impulse_responses(tmp_path / "irs", 16000)[0], torch.from_numpy(response / np.abs(response).max()))
-    data = TAUScenesDataModule(str(root), sample_rate=16000, duration=1.0, device_irs=str(tmp_path / "irs"), device_ir_p=1.0)
+    assert torch.allclose(
+        load_impulse_responses(tmp_path / "irs", 16000)[0], torch.from_numpy(response / np.abs(response).max())
+    )
+    data = TAUScenesDataModule(
+        str(root), sample_rate=16000, duration=1.0, device_irs=str(tmp_path / "irs"), device_ir_p=1.0
+    )
     data.setup("fit")
     train, plain = data.train_set.dataset, data.val_set.dataset
     devices = [Path(f).stem.rsplit("-", 1)[-1] for f in train.files]
     a, b = devices.index("a"), devices.index("b")
     for index, convolved in ((a, True), (b, False)):
         wave = plain[index][0].double().numpy()
-        expected = np.convolve(wave, response.astype(np.float64) / np.abs(response).max())[: len(wave)] if convolved else wave
+        expected = (
+            np.convolve(wave, response.astype(np.float64) / np.abs(response).max())[: len(wave)] if convolved else wave
+        )
         torch.manual_seed(0)
         np.testing.assert_allclose(train[index][0].numpy(), expected, atol=1e-4)
-    data = TAUScenesDataModule(str(root), sample_rate=16000, duration=1.0, device_irs=str(tmp_path / "irs"), device_ir_p=0.0)
+    data = TAUScenesDataModule(
+        str(root), sample_rate=16000, duration=1.0, device_irs=str(tmp_path / "irs"), device_ir_p=0.0
+    )
     data.setup("fit")
     assert torch.equal(data.train_set.dataset[a][0], data.val_set.dataset[a][0])
 
@@ -92,16 +100,36 @@ def tau2022(tmp_path_factory) -> Path:
 
 def test_task_config_model_is_within_the_limits(tau2022, capsys):
     report = complexity(["--config", CONFIG, "--data.init_args.root", str(tau2022)])
-    assert report["parameters"] == 56_380 - 104 * 5 - 2 * 5  # 5 synthetic scenes: the 104->classes conv and its norm shrink
+    assert (
+        report["parameters"] == 56_380 - 104 * 5 - 2 * 5
+    )  # 5 synthetic scenes: the 104->classes conv and its norm shrink
     assert report["macs_for_limits"] == report["macs_network"] + report["l2bn_inference_macs"] < 30e6
     assert report["parameter_memory_bytes"] < 128_000
     assert "within the limits" in capsys.readouterr().out
 
 
 def test_task_config_trains_and_tests(tau2022, tmp_path):
-    cli = main(["fit", "--config", CONFIG, "--data.init_args.root", str(tau2022), "--data.init_args.batch_size", "8",
-                "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.accelerator", "cpu",
-                "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)])
+    cli = main(
+        [
+            "fit",
+            "--config",
+            CONFIG,
+            "--data.init_args.root",
+            str(tau2022),
+            "--data.init_args.batch_size",
+            "8",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            "2",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ]
+    )
     metrics = cli.trainer.callback_metrics
     assert torch.isfinite(metrics["test/loss"]) and 0 <= float(metrics["test/acc"]) <= 1
     devices = pd.read_csv(tmp_path / "csv" / "version_0" / "dcase_devices.csv")
@@ -113,7 +141,10 @@ def test_task_config_trains_and_tests(tau2022, tmp_path):
 def test_device_subset_keeps_the_label_set(root):
     everything = TAUScenesDataModule(str(root), sample_rate=16000, duration=1.0)
     only_a = TAUScenesDataModule(str(root), sample_rate=16000, duration=1.0, devices=["a"])
-    assert set(only_a.train_table["device"]) == {"a"} and len(only_a.train_table) == (everything.train_table["device"] == "a").sum()
+    assert (
+        set(only_a.train_table["device"]) == {"a"}
+        and len(only_a.train_table) == (everything.train_table["device"] == "a").sum()
+    )
     assert only_a.class_names == everything.class_names  # a device-specific model keeps the general one's classes
     only_a.setup("fit")
     everything.setup("fit")
@@ -124,12 +155,27 @@ def test_device_subset_keeps_the_label_set(root):
 
 
 def test_init_from_starts_from_a_checkpoints_network(synthetic_root, tmp_path):
-    from models import AudioSceneClassifier
     from l2bn_lit.lit.base import CheckpointMismatchError
+    from models import AudioSceneClassifier
 
     config = str(ROOT / "configs" / "quickstart_dcase.yaml")
-    cli = main(["fit", "--config", config, "--data.init_args.root", str(synthetic_root), "--trainer.max_epochs", "1",
-                "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path), "--test_after_fit", "false"])
+    cli = main(
+        [
+            "fit",
+            "--config",
+            config,
+            "--data.init_args.root",
+            str(synthetic_root),
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--test_after_fit",
+            "false",
+        ]
+    )
     ckpt = str(tmp_path / "csv" / "version_0" / "checkpoints" / "last.ckpt")
     hp = {k: v for k, v in cli.model.hparams.items() if k not in ("init_from", "_class_path", "_instantiator")}
     torch.manual_seed(123)
@@ -194,9 +240,20 @@ def test_the_task_config_is_the_baselines_recipe(tmp_path):
     assert config["trainer"]["max_epochs"] == 150 and data["batch_size"] == 256 and data["sample_rate"] == 32000
     mel = model["frontend"]
     assert (mel["n_fft"], mel["win_length"], mel["hop_length"], mel["n_mels"]) == (4096, 3072, 500, 256)
-    assert (mel["log"], mel["log_floor"], model["freq_mask"], model["freq_masks"], model["mask_value"]) == ("log", 1e-5, 48, 1, "floor")
+    assert (mel["log"], mel["log_floor"], model["freq_mask"], model["freq_masks"], model["mask_value"]) == (
+        "log",
+        1e-5,
+        48,
+        1,
+        "floor",
+    )
     assert model["roll_seconds"] == 0.1 and not model.get("time_roll", False)
-    assert (model["optimizer"], model["lr"], model["weight_decay"], model["warmup_steps"]) == ("adamw", 5e-3, 1e-4, 2000)
+    assert (model["optimizer"], model["lr"], model["weight_decay"], model["warmup_steps"]) == (
+        "adamw",
+        5e-3,
+        1e-4,
+        2000,
+    )
     assert model["norm_weight_decay"] is None and model["bias_weight_decay"] is None  # AdamW on every parameter
     assert (model["mixstyle_p"], model["mixstyle_alpha"]) == (0.4, 0.3)
     finetune = yaml.safe_load((ROOT / "configs" / "dcase2025_task1_device_finetune.yaml").read_text())
@@ -207,9 +264,31 @@ def test_the_task_config_is_the_baselines_recipe(tmp_path):
 
 def test_the_baselines_validation_protocol_validates_on_its_list_and_trains_on_every_clip(tau2022, tmp_path):
     protocol = str(ROOT / "configs" / "dcase_baseline_protocol.yaml")
-    cli = main(["fit", "--config", CONFIG, "--config", protocol, "--data.init_args.root", str(tau2022), "--data.init_args.batch_size", "8",
-                "--trainer.max_epochs", "1", "--trainer.check_val_every_n_epoch", "1", "--trainer.limit_train_batches", "2",
-                "--trainer.accelerator", "cpu", "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)])
+    cli = main(
+        [
+            "fit",
+            "--config",
+            CONFIG,
+            "--config",
+            protocol,
+            "--data.init_args.root",
+            str(tau2022),
+            "--data.init_args.batch_size",
+            "8",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.check_val_every_n_epoch",
+            "1",
+            "--trainer.limit_train_batches",
+            "2",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ]
+    )
     data = cli.datamodule
     train_list = pd.read_csv(tau2022 / "split_setup" / "split25.csv", sep="\t")
     assert len(data.train_set) == len(train_list)  # nothing held out

@@ -7,12 +7,11 @@ import pandas as pd
 import pytest
 import soundfile as sf
 import torch
+from conftest import TAU_DURATION as DURATION
+from conftest import TAU_RATE as RATE
 
 from datamodules import TAUScenesDataModule, read_file_list
 from datamodules.tau_layout import SYNTHETIC_SCENES, device_of
-
-from conftest import TAU_DURATION as DURATION
-from conftest import TAU_RATE as RATE
 
 
 def _data(root, **options) -> TAUScenesDataModule:
@@ -70,7 +69,9 @@ def test_datamodule_batches_splits_by_location_and_predicts(synthetic_root):
 def test_missing_file_is_named(root):
     victim = pd.read_csv(root / "evaluation_setup/fold1_train.csv", sep="\t")["filename"][3]
     (root / victim).unlink()
-    with pytest.raises(FileNotFoundError, match=f"1 file\\(s\\) listed in .*fold1_train.csv do not exist, e.g. .*{victim}"):
+    with pytest.raises(
+        FileNotFoundError, match=f"1 file\\(s\\) listed in .*fold1_train.csv do not exist, e.g. .*{victim}"
+    ):
         _data(root).setup()
 
 
@@ -150,7 +151,11 @@ def test_a_training_label_outside_the_label_set_is_refused(root):
     train = pd.read_csv(root / "evaluation_setup/fold1_train.csv", sep="\t")
     train.loc[4, "scene_label"] = "airprot"
     train.to_csv(root / "evaluation_setup/fold1_train.csv", sep="\t", index=False)
-    with pytest.raises(ValueError, match=rf"fold1_train.csv has scene labels the model does not know \(not in the labels of .*meta.csv\): \['airprot'\], e.g. {train.loc[4, 'filename']}"):
+    with pytest.raises(
+        ValueError,
+        match=r"fold1_train.csv has scene labels the model does not know \(not in the labels of .*meta.csv\): "
+        rf"\['airprot'\], e.g. {train.loc[4, 'filename']}",
+    ):
         _data(root)
 
 
@@ -173,5 +178,7 @@ def test_device_comes_from_the_lists_column_or_a_tau_file_name(root):
     assert device_of("audio/airport-lisbon-1000-40000-0-a.wav") == "a"  # the 1-s segments of 2022-2025
     assert device_of("audio/12345.wav") == ""  # DCASE 2025's evaluation names carry no device
     names = pd.read_csv(root / "evaluation_setup/fold1_test.csv", sep="\t")["filename"]
-    pd.DataFrame({"filename": names, "device_id": "x"}).to_csv(root / "evaluation_setup/with_ids.csv", sep="\t", index=False)
+    pd.DataFrame({"filename": names, "device_id": "x"}).to_csv(
+        root / "evaluation_setup/with_ids.csv", sep="\t", index=False
+    )
     assert set(read_file_list(root, "evaluation_setup/with_ids.csv", need_labels=False)["device"]) == {"x"}

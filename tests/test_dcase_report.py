@@ -45,8 +45,16 @@ def test_submission_file_format(tmp_path):
 
 def test_cli_test_and_predict_write_the_dcase_files(tmp_path):
     logger = f'[{{"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {{"save_dir": "{tmp_path}"}}}}]'
-    common = ["--config", str(ROOT / "configs" / "quickstart_dcase.yaml"), "--data.init_args.root", str(tmp_path / "data"),
-              "--trainer.logger", logger, "--trainer.enable_progress_bar", "false"]
+    common = [
+        "--config",
+        str(ROOT / "configs" / "quickstart_dcase.yaml"),
+        "--data.init_args.root",
+        str(tmp_path / "data"),
+        "--trainer.logger",
+        logger,
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     fit = main(["fit", *common, "--trainer.max_epochs", "2"])
     run = Path(fit.trainer.log_dir)
     devices = pd.read_csv(run / "dcase_devices.csv")
@@ -63,9 +71,22 @@ def test_cli_test_and_predict_write_the_dcase_files(tmp_path):
 
 def test_submission_header_is_the_task_examples(tmp_path):
     """The header of the DCASE 2024/2025 Task 1 example output file (tab-separated)."""
-    scenes = ["airport", "bus", "metro", "metro_station", "park", "public_square", "shopping_mall", "street_pedestrian",
-              "street_traffic", "tram"]
+    scenes = [
+        "airport",
+        "bus",
+        "metro",
+        "metro_station",
+        "park",
+        "public_square",
+        "shopping_mall",
+        "street_pedestrian",
+        "street_traffic",
+        "tram",
+    ]
     write_submission(tmp_path / "output.csv", ["audio/1.wav"], np.full((1, 10), 0.1), scenes)
     header = (tmp_path / "output.csv").read_text().splitlines()[0]
-    published = "filename\tscene_label\tairport\tbus\tmetro\tmetro_station\tpark\tpublic_square\tshopping_mall\tstreet_pedestrian\tstreet_traffic\ttram"
+    published = (
+        "filename\tscene_label\tairport\tbus\tmetro\tmetro_station\tpark\tpublic_square\tshopping_mall"
+        "\tstreet_pedestrian\tstreet_traffic\ttram"
+    )
     assert header == published

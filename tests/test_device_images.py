@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from PIL import Image
 from distributed import run_distributed
+from PIL import Image
 from test_image_data import _write_image_folder, cifar_root  # noqa: F401  (fixture)
 from torch.utils.data import DistributedSampler
 from torchvision.transforms import v2
@@ -51,7 +51,9 @@ def test_every_crop_and_flip_equals_torchvision_on_the_image():
     padded = v2.functional.pad(images[0], [4])
     reference_tail = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
     for top, left, flip in itertools.product(range(9), range(9), (False, True)):
-        crop, inside = data._crop_flip(torch.tensor([0]), torch.tensor([top]), torch.tensor([left]), torch.tensor([flip]), 4, "constant")
+        crop, inside = data._crop_flip(
+            torch.tensor([0]), torch.tensor([top]), torch.tensor([left]), torch.tensor([flip]), 4, "constant"
+        )
         crop = crop * inside
         expected = padded[:, top : top + 8, left : left + 8]
         expected = expected.flip(-1) if flip else expected
@@ -60,7 +62,13 @@ def test_every_crop_and_flip_equals_torchvision_on_the_image():
     torch.testing.assert_close(x[0], reference_tail(images[0]), rtol=0, atol=1e-6)
 
 
-PADDINGS = [("constant", "black"), ("constant", "mean"), ("edge", "black"), ("reflect", "black"), ("symmetric", "black")]
+PADDINGS = [
+    ("constant", "black"),
+    ("constant", "mean"),
+    ("edge", "black"),
+    ("reflect", "black"),
+    ("symmetric", "black"),
+]
 
 
 def _padded_candidates(image: torch.Tensor, mode: str, fill: str, padding: int = 4) -> torch.Tensor:
@@ -69,8 +77,11 @@ def _padded_candidates(image: torch.Tensor, mode: str, fill: str, padding: int =
     image with 0; every other case pads the uint8 image (black: with 0) and normalizes after."""
     normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(MEAN, STD)])
     height, width = image.shape[-2:]
-    padded = v2.functional.pad(normalize(image), [padding], fill=0) if fill == "mean" else normalize(
-        v2.functional.pad(image, [padding], fill=0, padding_mode=mode))
+    padded = (
+        v2.functional.pad(normalize(image), [padding], fill=0)
+        if fill == "mean"
+        else normalize(v2.functional.pad(image, [padding], fill=0, padding_mode=mode))
+    )
     crops = []
     for top, left, flip in itertools.product(range(2 * padding + 1), range(2 * padding + 1), (False, True)):
         crop = padded[:, top : top + height, left : left + width]
@@ -94,7 +105,9 @@ def test_device_crops_equal_torchvision_for_every_padding_mode(mode, fill):
     if fill == "mean":
         assert border.abs().max() == 0
     elif mode == "constant":
-        torch.testing.assert_close(border, -(torch.tensor(MEAN) / torch.tensor(STD)).expand_as(border), rtol=0, atol=1e-6)
+        torch.testing.assert_close(
+            border, -(torch.tensor(MEAN) / torch.tensor(STD)).expand_as(border), rtol=0, atol=1e-6
+        )
 
 
 @pytest.mark.parametrize("mode, fill", PADDINGS)
@@ -126,8 +139,16 @@ def test_padding_options_are_checked():
 
 def test_evaluation_batches_equal_the_decoded_pipelines(tmp_path):
     root = _write_image_folder(tmp_path / "data", per_class=(8, 3))
-    options = {"root": str(root), "train_split": "train", "test_split": "test", "image_size": 40, "transforms": "cifar",
-               "mean": MEAN, "std": STD, "batch_size": 4}
+    options = {
+        "root": str(root),
+        "train_split": "train",
+        "test_split": "test",
+        "image_size": 40,
+        "transforms": "cifar",
+        "mean": MEAN,
+        "std": STD,
+        "batch_size": 4,
+    }
     decoded, device = ImageFolderDataModule(**options), ImageFolderDataModule(on_device=True, **options)
     for dm in (decoded, device):
         dm.prepare_data()
@@ -144,8 +165,16 @@ def test_evaluation_batches_equal_the_decoded_pipelines(tmp_path):
 
 def test_cache_is_reused_and_rebuilt_when_a_file_changes(tmp_path):
     root = _write_image_folder(tmp_path / "data", per_class=(2, 1))
-    dm = ImageFolderDataModule(str(root), test_split="test", image_size=40, transforms="cifar", on_device=True, batch_size=2,
-                               mean=MEAN, std=STD)
+    dm = ImageFolderDataModule(
+        str(root),
+        test_split="test",
+        image_size=40,
+        transforms="cifar",
+        on_device=True,
+        batch_size=2,
+        mean=MEAN,
+        std=STD,
+    )
     dm.prepare_data()
     first = sorted((root / ".l2bn_cache").glob("*.npy"))
     dm.prepare_data()
@@ -206,9 +235,19 @@ class _Tiny(pl.LightningModule):
 def _train(root: Path, tmp_path: Path, epochs: int, ckpt: str | None = None) -> tuple[list, pl.Trainer]:
     pl.seed_everything(3)
     record = _RecordBatches()
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=epochs, logger=False, enable_progress_bar=False,
-                         enable_model_summary=False, limit_val_batches=0, default_root_dir=tmp_path, callbacks=[record])
-    dm = ImageFolderDataModule(str(root), test_split="test", image_size=40, transforms="cifar", on_device=True, batch_size=4)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=epochs,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        default_root_dir=tmp_path,
+        callbacks=[record],
+    )
+    dm = ImageFolderDataModule(
+        str(root), test_split="test", image_size=40, transforms="cifar", on_device=True, batch_size=4
+    )
     trainer.fit(_Tiny(), datamodule=dm, ckpt_path=ckpt)
     return record.batches, trainer
 
@@ -217,8 +256,12 @@ def test_resumed_run_sees_the_same_augmented_batches(tmp_path):
     root = _write_image_folder(tmp_path / "data", per_class=(8, 3))
     whole, _ = _train(root, tmp_path / "whole", epochs=3)
     first, trainer = _train(root, tmp_path / "first", epochs=1)
-    resumed, _ = _train(root, tmp_path / "resumed", epochs=3, ckpt=trainer.checkpoint_callback.last_model_path or
-                        trainer.checkpoint_callback.best_model_path)
+    resumed, _ = _train(
+        root,
+        tmp_path / "resumed",
+        epochs=3,
+        ckpt=trainer.checkpoint_callback.last_model_path or trainer.checkpoint_callback.best_model_path,
+    )
     assert len(first) + len(resumed) == len(whole)
     for (e1, x1), (e2, x2) in zip(first + resumed, whole):
         assert e1 == e2
@@ -230,13 +273,17 @@ def test_ddp_shards_are_disjoint_and_complete(tmp_path):
     """Lightning gives each rank a DistributedSampler over the index dataset; the device batches of
     two ranks together cover the training split once."""
     root = _write_image_folder(tmp_path / "data", per_class=(8, 3))
-    dm = ImageFolderDataModule(str(root), test_split="test", image_size=40, transforms="cifar", on_device=True, batch_size=5)
+    dm = ImageFolderDataModule(
+        str(root), test_split="test", image_size=40, transforms="cifar", on_device=True, batch_size=5
+    )
     dm.setup("fit")
     loader = dm.train_dataloader()
     seen = []
     for rank in range(2):
         sampler = DistributedSampler(loader.dataset, num_replicas=2, rank=rank, shuffle=True, seed=0)
-        for chunk in torch.utils.data.DataLoader(loader.dataset, batch_size=5, sampler=sampler, collate_fn=loader.collate_fn):
+        for chunk in torch.utils.data.DataLoader(
+            loader.dataset, batch_size=5, sampler=sampler, collate_fn=loader.collate_fn
+        ):
             assert isinstance(chunk, IndexBatch) and chunk.split == "train"
             seen.append(chunk.indices)
     seen = torch.cat(seen).sort().values
@@ -259,13 +306,29 @@ class _TinyRecording(_Tiny):
 def _ddp_rank(rank: int, world_size: int, root: str) -> np.ndarray:
     """One rank of a Lightning DDP fit (launched outside Lightning, as torchrun would) on the on_device
     pipeline; returns the training indices this rank saw in its one epoch."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT="0", WORLD_SIZE=str(world_size), RANK=str(rank),
-                      LOCAL_RANK=str(rank), NODE_RANK="0")
-    trainer = pl.Trainer(accelerator="cpu", devices=world_size, strategy="ddp", max_epochs=1, logger=False,
-                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                         limit_val_batches=0)
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT="0",
+        WORLD_SIZE=str(world_size),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        NODE_RANK="0",
+    )
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=world_size,
+        strategy="ddp",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+    )
     # 22 training images: 11 per rank, one batch of 11 each (nothing dropped)
-    dm = ImageFolderDataModule(root, test_split="test", image_size=40, transforms="cifar", on_device=True, batch_size=11)
+    dm = ImageFolderDataModule(
+        root, test_split="test", image_size=40, transforms="cifar", on_device=True, batch_size=11
+    )
     model = _TinyRecording()
     trainer.fit(model, datamodule=dm)
     return np.array(model.seen)

@@ -8,7 +8,9 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("module", ["l2bn_lit.nn.layers", "l2bn_lit.nn.functional", "l2bn_lit.nn.sync", "l2bn_lit.nn.norms"])
+@pytest.mark.parametrize(
+    "module", ["l2bn_lit.nn.layers", "l2bn_lit.nn.functional", "l2bn_lit.nn.sync", "l2bn_lit.nn.norms"]
+)
 def test_docstring_examples_run(module, monkeypatch):
     monkeypatch.setenv("L2BN_KERNELS", "aten")  # the examples are CPU code, whatever the session sets
     results = doctest.testmod(importlib.import_module(module), optionflags=doctest.ELLIPSIS)

@@ -27,25 +27,41 @@ def _raised(function) -> BaseException:
 
 
 def test_project_errors_give_their_message_and_others_keep_their_traceback(tmp_path):
-    assert user_error_message(_raised(lambda: create_norm("l2bnx", 4))) == "unknown norm 'l2bnx'; choose one of bn, l2bn, gn, ln, none"
-    assert user_error_message(_raised(lambda: torch.zeros(2) @ torch.zeros(3))) is None  # torch's: a bug, keep the traceback
+    assert (
+        user_error_message(_raised(lambda: create_norm("l2bnx", 4)))
+        == "unknown norm 'l2bnx'; choose one of bn, l2bn, gn, ln, none"
+    )
+    assert (
+        user_error_message(_raised(lambda: torch.zeros(2) @ torch.zeros(3))) is None
+    )  # torch's: a bug, keep the traceback
     assert user_error_message(MisconfigurationException("bad trainer option")) == "bad trainer option"
 
     def wrapped():  # a parser wraps the project's error in its own, as jsonargparse does
         try:
             create_norm("l2bnx", 4)
         except ValueError as inner:
-            raise ValueError("Does not validate against any of the Union subtypes ... Given value: Namespace(...)") from inner
+            raise ValueError(
+                "Does not validate against any of the Union subtypes ... Given value: Namespace(...)"
+            ) from inner
 
     assert user_error_message(_raised(wrapped)).startswith("unknown norm 'l2bnx'")
     error = _raised(lambda: load_checkpoint(tmp_path / "missing.ckpt"))  # raised "from None": its own message
-    assert isinstance(error, CheckpointError) and user_error_message(error) == f"{tmp_path / 'missing.ckpt'}: no such checkpoint file"
+    assert (
+        isinstance(error, CheckpointError)
+        and user_error_message(error) == f"{tmp_path / 'missing.ckpt'}: no such checkpoint file"
+    )
 
 
 def _command(*args: str, debug: bool = False) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "L2BN_DEBUG"}
-    return subprocess.run([sys.executable, *args, *(["--debug"] if debug else [])], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, *args, *(["--debug"] if debug else [])],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def _short(result: subprocess.CompletedProcess, status: int, message: str) -> None:
@@ -67,24 +83,51 @@ def test_cli_unknown_name_is_a_short_error_and_debug_shows_the_traceback():
 def test_cli_option_mistake_and_missing_data_are_short(tmp_path):
     option = _command("cli.py", "fit", "--config", QUICKSTART, "--model.init_args.lrr", "3")
     _short(option, 2, 'Parser key "model"')
-    assert "Option 'lrr' is not accepted" in option.stderr and "--trainer.accelerator" not in option.stderr  # no usage dump
-    missing = _command("cli.py", "fit", "--config", str(ROOT / "configs" / "cifar10_resnet20.yaml"),
-                       "--data.init_args.root", str(tmp_path / "nowhere"), "--trainer.max_epochs", "1",
-                       "--trainer.default_root_dir", str(tmp_path / "runs"))  # the run folder, not the repository's runs/
+    assert (
+        "Option 'lrr' is not accepted" in option.stderr and "--trainer.accelerator" not in option.stderr
+    )  # no usage dump
+    missing = _command(
+        "cli.py",
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "cifar10_resnet20.yaml"),
+        "--data.init_args.root",
+        str(tmp_path / "nowhere"),
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.default_root_dir",
+        str(tmp_path / "runs"),
+    )  # the run folder, not the repository's runs/
     _short(missing, 1, "CIFAR-10 was not found")
 
 
 def test_tools_name_the_bad_file(tmp_path):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"\x00" * 64)
-    _short(_command("-m", "l2bn_lit", "evaluate", "--config", QUICKSTART, str(bad), "--out", str(tmp_path / "out")), 1, f"{bad}: ")
-    _short(_command("cli.py", "test", "--config", QUICKSTART, "--ckpt_path", str(bad)), 1, f"{bad}: not a PyTorch checkpoint")
+    _short(
+        _command("-m", "l2bn_lit", "evaluate", "--config", QUICKSTART, str(bad), "--out", str(tmp_path / "out")),
+        1,
+        f"{bad}: ",
+    )
+    _short(
+        _command("cli.py", "test", "--config", QUICKSTART, "--ckpt_path", str(bad)),
+        1,
+        f"{bad}: not a PyTorch checkpoint",
+    )
     _short(_command("-m", "l2bn_lit", "results", str(tmp_path / "empty")), 1, "no runs (config.yaml + metrics.csv)")
 
 
 def test_a_missing_data_set_names_the_command_that_gets_it(tmp_path):
-    missing = _command("cli.py", "fit", "--config", str(ROOT / "configs" / "dcase2024_task1_cpmobile.yaml"),
-                       "--data.init_args.root", str(tmp_path / "tau"))
+    missing = _command(
+        "cli.py",
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "dcase2024_task1_cpmobile.yaml"),
+        "--data.init_args.root",
+        str(tmp_path / "tau"),
+    )
     _short(missing, 1, "split_setup/split25.csv does not exist")
-    assert (f"get it with: l2bn data download tau2022-mobile-dev --root {tmp_path / 'tau'} and "
-            f"l2bn data download dcase2024-task1-splits --root {tmp_path / 'tau'}") in missing.stderr
+    assert (
+        f"get it with: l2bn data download tau2022-mobile-dev --root {tmp_path / 'tau'} and "
+        f"l2bn data download dcase2024-task1-splits --root {tmp_path / 'tau'}"
+    ) in missing.stderr

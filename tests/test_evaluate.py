@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from tau_lists import write_2025_eval_list
 
-from l2bn_lit.lit.cli import main
 from l2bn_lit.commands.evaluate import find_checkpoints
 from l2bn_lit.commands.evaluate import main as evaluate
 from l2bn_lit.lit.base import CheckpointMismatchError
-from tau_lists import write_2025_eval_list
+from l2bn_lit.lit.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 DCASE = str(ROOT / "configs" / "quickstart_dcase.yaml")
@@ -20,8 +20,20 @@ DCASE = str(ROOT / "configs" / "quickstart_dcase.yaml")
 
 def test_leaderboard_rows_equal_separate_test_runs_and_the_ensemble_is_the_mean(dcase_runs, synthetic_root, tmp_path):
     folder, summaries = dcase_runs
-    table = evaluate(["--config", DCASE, "--data.init_args.root", str(synthetic_root), str(folder / "bn"), str(folder / "l2bn"),
-                      "--out", str(tmp_path / "board"), "--precision", "32"])  # as the test runs
+    table = evaluate(
+        [
+            "--config",
+            DCASE,
+            "--data.init_args.root",
+            str(synthetic_root),
+            str(folder / "bn"),
+            str(folder / "l2bn"),
+            "--out",
+            str(tmp_path / "board"),
+            "--precision",
+            "32",
+        ]
+    )  # as the test runs
     assert list(table["norm"]) == ["bn", "l2bn", "-"]
     for index, norm in enumerate(("bn", "l2bn")):
         row = table.iloc[index]
@@ -33,7 +45,9 @@ def test_leaderboard_rows_equal_separate_test_runs_and_the_ensemble_is_the_mean(
     assert table.iloc[2]["parameters"] == table.iloc[0]["parameters"] + table.iloc[1]["parameters"]
     assert (table["parameter memory (B)"] == 4 * table["parameters"]).all() and set(table["precision"]) == {"32"}
     written = pd.read_csv(tmp_path / "board" / "leaderboard.csv")
-    assert written.shape == table.shape and (tmp_path / "board" / "leaderboard.md").read_text().count("\n|") == 5  # header, rule, 3 rows
+    assert (
+        written.shape == table.shape and (tmp_path / "board" / "leaderboard.md").read_text().count("\n|") == 5
+    )  # header, rule, 3 rows
 
 
 def test_ensemble_row_is_the_mean_of_the_models_probabilities(dcase_runs, synthetic_root, tmp_path, monkeypatch):
@@ -54,7 +68,9 @@ def test_ensemble_row_is_the_mean_of_the_models_probabilities(dcase_runs, synthe
 
     original = LogMel.forward
     monkeypatch.setattr(LogMel, "forward", lambda self, wave: calls.append(len(wave)) or original(self, wave))
-    table = evaluate(["--config", DCASE, "--data.init_args.root", str(synthetic_root), str(folder), "--out", str(tmp_path)])
+    table = evaluate(
+        ["--config", DCASE, "--data.init_args.root", str(synthetic_root), str(folder), "--out", str(tmp_path)]
+    )
     mean = np.mean(captured["probs"], axis=0)
     labels = captured["labels"]
     assert table.iloc[-1]["accuracy"] == pytest.approx(float((mean.argmax(1) == labels).mean()))
@@ -64,7 +80,9 @@ def test_ensemble_row_is_the_mean_of_the_models_probabilities(dcase_runs, synthe
 
 def test_checkpoints_that_do_not_fit_the_data_are_refused(dcase_runs, tmp_path):
     folder, _ = dcase_runs
-    with pytest.raises(CheckpointMismatchError, match=r"does not fit the data: num_classes: data=10 checkpoint=5.*class_names"):
+    with pytest.raises(
+        CheckpointMismatchError, match=r"does not fit the data: num_classes: data=10 checkpoint=5.*class_names"
+    ):
         evaluate(["--config", str(ROOT / "configs" / "quickstart.yaml"), str(folder / "bn"), "--out", str(tmp_path)])
     with pytest.raises(FileNotFoundError, match="no such checkpoint"):
         find_checkpoints([str(tmp_path / "nothing")])
@@ -83,8 +101,19 @@ def test_device_specific_models_route_their_devices_clips(dcase_runs, synthetic_
 
     monkeypatch.setattr(module, "evaluate_checkpoints", spy)
     general, device_a = find_checkpoints([str(folder / "bn")])[0], find_checkpoints([str(folder / "l2bn")])[0]
-    table = evaluate(["--config", DCASE, "--data.init_args.root", str(synthetic_root), str(general),
-                      "--device-model", f"a={device_a}", "--out", str(tmp_path)])
+    table = evaluate(
+        [
+            "--config",
+            DCASE,
+            "--data.init_args.root",
+            str(synthetic_root),
+            str(general),
+            "--device-model",
+            f"a={device_a}",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     test = pd.read_csv(synthetic_root / "evaluation_setup" / "fold1_evaluate.csv", sep="\t")
     is_a = test["filename"].str.endswith("-a.wav").to_numpy()
     assert 0 < is_a.sum() < len(is_a)
@@ -99,7 +128,19 @@ def test_device_specific_models_route_their_devices_clips(dcase_runs, synthetic_
 
 def test_predict_writes_the_challenge_output_file(dcase_runs, synthetic_root, tmp_path):
     folder, _ = dcase_runs
-    evaluate(["--config", DCASE, "--data.init_args.root", str(synthetic_root), str(folder), "--split", "predict", "--out", str(tmp_path)])
+    evaluate(
+        [
+            "--config",
+            DCASE,
+            "--data.init_args.root",
+            str(synthetic_root),
+            str(folder),
+            "--split",
+            "predict",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     output = pd.read_csv(tmp_path / "output.csv", sep="\t")
     listed = pd.read_csv(synthetic_root / "evaluation_setup" / "fold1_test.csv", sep="\t")["filename"]
     assert list(output.columns) == ["filename", "scene_label", "airport", "bus", "metro", "park", "street_traffic"]
@@ -113,7 +154,16 @@ def test_device_ids_of_a_2025_evaluation_list_route_the_clips_and_a_missing_one_
     folder, _ = dcase_runs
     general, device_a = find_checkpoints([str(folder / "bn")])[0], find_checkpoints([str(folder / "l2bn")])[0]
     listed = write_2025_eval_list(root, with_devices=True)
-    common = ["--config", DCASE, "--data.init_args.root", str(root), "--data.init_args.predict_list", listed, "--split", "predict"]
+    common = [
+        "--config",
+        DCASE,
+        "--data.init_args.root",
+        str(root),
+        "--data.init_args.predict_list",
+        listed,
+        "--split",
+        "predict",
+    ]
 
     def output(*checkpoints: str, out: str) -> pd.DataFrame:
         evaluate([*common, *checkpoints, "--out", str(tmp_path / out)])
@@ -128,9 +178,23 @@ def test_device_ids_of_a_2025_evaluation_list_route_the_clips_and_a_missing_one_
     np.testing.assert_allclose(routed.loc[~is_a, columns], alone["bn"].loc[~is_a, columns], atol=1e-6)
 
     bare = write_2025_eval_list(root, with_devices=False)  # no device column, and the names carry none
-    with pytest.raises(ValueError, match=r"--device-model: \d+ clip\(s\) of the list have no recording device, e.g. audio/eval_0.wav"):
-        evaluate([*common[:-4], "--data.init_args.predict_list", bare, "--split", "predict", str(general),
-                  "--device-model", f"a={device_a}", "--out", str(tmp_path / "bare")])
+    with pytest.raises(
+        ValueError, match=r"--device-model: \d+ clip\(s\) of the list have no recording device, e.g. audio/eval_0.wav"
+    ):
+        evaluate(
+            [
+                *common[:-4],
+                "--data.init_args.predict_list",
+                bare,
+                "--split",
+                "predict",
+                str(general),
+                "--device-model",
+                f"a={device_a}",
+                "--out",
+                str(tmp_path / "bare"),
+            ]
+        )
 
 
 def test_audio_models_are_evaluated_at_16_bit_as_they_ship(dcase_runs, synthetic_root, tmp_path, monkeypatch):
@@ -168,10 +232,35 @@ def test_predict_runs_the_network_at_16_bit(dcase_runs, synthetic_root, tmp_path
 
     folder, _ = dcase_runs
     ckpt = find_checkpoints([str(folder / "l2bn")])[0]
-    cli = main(["predict", "--config", DCASE, "--data.init_args.root", str(synthetic_root), "--ckpt_path", str(ckpt),
-                "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false"])
+    cli = main(
+        [
+            "predict",
+            "--config",
+            DCASE,
+            "--data.init_args.root",
+            str(synthetic_root),
+            "--ckpt_path",
+            str(ckpt),
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.enable_progress_bar",
+            "false",
+        ]
+    )
     assert next(cli.model.feature_network.parameters()).dtype == torch.float16
-    evaluate(["--config", DCASE, "--data.init_args.root", str(synthetic_root), str(ckpt), "--split", "predict", "--out", str(tmp_path / "e")])
+    evaluate(
+        [
+            "--config",
+            DCASE,
+            "--data.init_args.root",
+            str(synthetic_root),
+            str(ckpt),
+            "--split",
+            "predict",
+            "--out",
+            str(tmp_path / "e"),
+        ]
+    )
     by_evaluate = pd.read_csv(tmp_path / "e" / "output.csv", sep="\t")
     submission = next(tmp_path.rglob("submission.csv"))
     by_predict = pd.read_csv(submission, sep="\t")

@@ -14,8 +14,9 @@ from models import AudioSceneClassifier, ImageClassifier
 def _models():
     torch.manual_seed(0)
     image = ImageClassifier(num_classes=10, input_shape=[3, 32, 32], arch="resnet20")
-    audio = AudioSceneClassifier(num_classes=5, input_shape=[16000], sample_rate=16000,
-                                 frontend={"n_fft": 512, "hop_length": 256, "n_mels": 64})
+    audio = AudioSceneClassifier(
+        num_classes=5, input_shape=[16000], sample_rate=16000, frontend={"n_fft": 512, "hop_length": 256, "n_mels": 64}
+    )
     for model in (image, audio):  # non-trivial running statistics
         for m in model.modules():
             if isinstance(m, L2BN2d):

@@ -9,29 +9,43 @@ import pytest
 import pytorch_lightning as pl
 import soundfile as sf
 import torch
+from conftest import TAU_DURATION as DURATION
+from conftest import TAU_RATE as RATE
 
 from datamodules import TAUScenesDataModule
 from datamodules.feature_cache import CachedFeatureDataset, build_feature_cache
 from models import AudioSceneClassifier
 
-from conftest import TAU_DURATION as DURATION
-from conftest import TAU_RATE as RATE
-
 
 def _data(root, cache) -> TAUScenesDataModule:
-    return TAUScenesDataModule(str(root), sample_rate=RATE, duration=DURATION, batch_size=8, feature_cache=cache and str(cache))
+    return TAUScenesDataModule(
+        str(root), sample_rate=RATE, duration=DURATION, batch_size=8, feature_cache=cache and str(cache)
+    )
 
 
 def _model(data: TAUScenesDataModule, n_mels: int = 32, **options) -> AudioSceneClassifier:
     front = {"n_fft": 512, "hop_length": 256, "n_mels": n_mels}
-    return AudioSceneClassifier(data.num_classes, data.input_shape, RATE, arch="small_cnn", class_names=data.class_names,
-                                frontend=front, **options)
+    return AudioSceneClassifier(
+        data.num_classes,
+        data.input_shape,
+        RATE,
+        arch="small_cnn",
+        class_names=data.class_names,
+        frontend=front,
+        **options,
+    )
 
 
 def _trainer(tmp_path) -> pl.Trainer:
     return pl.Trainer(
-        max_epochs=1, limit_train_batches=2, limit_val_batches=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, default_root_dir=tmp_path,
+        max_epochs=1,
+        limit_train_batches=2,
+        limit_val_batches=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
     )
 
 
@@ -59,7 +73,10 @@ def test_cache_holds_the_models_log_mels_and_is_rebuilt_when_settings_or_files_c
     assert list(cache.glob("fold1_train-*.npy")) == [built]
 
     _trainer(tmp_path).fit(_model(data, n_mels=24), _data(root, cache))  # another front-end
-    assert len(list(cache.glob("fold1_train-*.npy"))) == 2 and np.load(max(cache.glob("*.npy"), key=lambda p: p.stat().st_mtime_ns)).shape[2] == 24
+    assert (
+        len(list(cache.glob("fold1_train-*.npy"))) == 2
+        and np.load(max(cache.glob("*.npy"), key=lambda p: p.stat().st_mtime_ns)).shape[2] == 24
+    )
 
     first = root / clips.files[0]
     wave, rate = sf.read(first)
@@ -85,8 +102,9 @@ def test_cache_needs_a_model_front_end_and_a_matching_rate(synthetic_root, tmp_p
     data = _data(synthetic_root, tmp_path / "cache")
     with pytest.raises(RuntimeError, match="feature_cache needs a model with a log-mel front-end"):
         data.setup()
-    other_rate = AudioSceneClassifier(5, [8000], 8000, arch="small_cnn",
-                                      frontend={"n_fft": 256, "hop_length": 128, "n_mels": 16})
+    other_rate = AudioSceneClassifier(
+        5, [8000], 8000, arch="small_cnn", frontend={"n_fft": 256, "hop_length": 128, "n_mels": 16}
+    )
     with pytest.raises(ValueError, match="front-end expects 8000 Hz, the data is at 16000 Hz"):
         _trainer(tmp_path).fit(other_rate, data)
 
@@ -109,7 +127,6 @@ def test_time_roll_and_augmentation_train_on_cached_log_mels(synthetic_root, tmp
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
-
 def test_building_the_cache_leaves_the_global_rng_alone(synthetic_root, tmp_path):
     data = _data(synthetic_root, None)
     data.setup()
@@ -128,5 +145,7 @@ def test_cached_dataset_goes_to_workers_without_its_data(synthetic_root, tmp_pat
     dataset = CachedFeatureDataset(tmp_path / "x.npy", data.test_set.files, data.test_set.labels)
     first = dataset[0]
     copy = pickle.loads(pickle.dumps(dataset))
-    assert len(pickle.dumps(dataset)) < 0.1 * (tmp_path / "x.npy").stat().st_size  # the file is mapped again, not copied
+    assert (
+        len(pickle.dumps(dataset)) < 0.1 * (tmp_path / "x.npy").stat().st_size
+    )  # the file is mapped again, not copied
     assert torch.equal(copy[0][0], first[0]) and copy[0][1] == first[1]

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from reference import ReferenceL2BN
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from l2bn_lit import L2BN1d, L2BN2d, L2BN3d
 from l2bn_lit.nn import fused
-from reference import ReferenceL2BN
 
 pytest.importorskip("triton")  # CPU runs: conftest sets TRITON_INTERPRET=1 before anything imports Triton
 
@@ -68,8 +68,12 @@ def test_fused_training_equals_the_float64_reference(fused_kernels, shape, memor
     xs = [(torch.randn(shape) * 3 + 2).contiguous(memory_format=memory_format) for _ in range(2)]
     grads = [torch.randn(shape) for _ in range(2)]
     layer = LAYERS[len(shape)](channels, **options).to(DEVICE)
-    reference = ReferenceL2BN(channels, momentum=options.get("momentum", 0.1), affine=options.get("affine", True),
-                              rescale=options.get("rescale", False)).double()
+    reference = ReferenceL2BN(
+        channels,
+        momentum=options.get("momentum", 0.1),
+        affine=options.get("affine", True),
+        rescale=options.get("rescale", False),
+    ).double()
     if layer.affine:
         with torch.no_grad():
             for p in (layer.weight, layer.bias):
@@ -99,8 +103,10 @@ def test_half_precision_inputs_accumulate_in_float32(fused_kernels, dtype, toler
     x = (torch.randn(4, 3, 6, 5) * 60 + 30).contiguous(memory_format=memory_format)  # ||x||^2 ~ 3e5 > 65504
     grad = torch.randn_like(x)
     layer = L2BN2d(3).to(DEVICE)
-    (y, dx, dw, db), = _steps(layer, [x.to(DEVICE)], [grad.to(DEVICE)], dtype)
-    (ry, rdx, rdw, rdb), = _steps(ReferenceL2BN(3).double(), [x.to(dtype).double()], [grad.to(dtype).double()], torch.float64)
+    ((y, dx, dw, db),) = _steps(layer, [x.to(DEVICE)], [grad.to(DEVICE)], dtype)
+    ((ry, rdx, rdw, rdb),) = _steps(
+        ReferenceL2BN(3).double(), [x.to(dtype).double()], [grad.to(dtype).double()], torch.float64
+    )
     assert y.dtype == dx.dtype == dtype and dw.dtype == torch.float32
     for a, b in ((y, ry), (dx, rdx), (dw, rdw), (db, rdb)):
         assert torch.isfinite(a).all() and _relative(a.cpu(), b) <= tolerance
@@ -159,7 +165,9 @@ def _backward_by_hand(output: torch.Tensor, grad: torch.Tensor) -> None:
             continue
         grads = node(node_grad) if callable(node) else node.apply(node_grad)
         grads = grads if isinstance(grads, tuple) else (grads,)
-        stack.extend((child, g) for (child, _), g in zip(node.next_functions, grads) if child is not None and g is not None)
+        stack.extend(
+            (child, g) for (child, _), g in zip(node.next_functions, grads) if child is not None and g is not None
+        )
 
 
 def _count_cuda_ops(layer_cls, shape, dtype, memory_format, choice, monkeypatch) -> tuple[list[str], list[str]]:
@@ -177,9 +185,14 @@ def _count_cuda_ops(layer_cls, shape, dtype, memory_format, choice, monkeypatch)
     return forward.ops, backward.ops
 
 
-@pytest.mark.parametrize("dtype, memory_format", [
-    (torch.float32, torch.contiguous_format), (torch.float32, torch.channels_last), (torch.bfloat16, torch.contiguous_format),
-])
+@pytest.mark.parametrize(
+    "dtype, memory_format",
+    [
+        (torch.float32, torch.contiguous_format),
+        (torch.float32, torch.channels_last),
+        (torch.bfloat16, torch.contiguous_format),
+    ],
+)
 def test_the_cuda_training_step_makes_at_most_12_operators(dtype, memory_format, monkeypatch):
     """Counted without a GPU (fake CUDA tensors): the fused path's training forward + backward of
     L2BN2d (BatchNorm2d: 4, 5 in channels_last; the ATen path's forward alone: 20 or more)."""

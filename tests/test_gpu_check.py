@@ -12,9 +12,23 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_gpu_check_cpu_quick_writes_every_section(tmp_path):
     report = tmp_path / "report.md"
     result = subprocess.run(
-        [sys.executable, "benchmarks/gpu_check.py", "--device", "cpu", "--quick", "--work", str(tmp_path / "work"),
-         "--report", str(report), "--parallel", "2"],
-        cwd=ROOT, capture_output=True, text=True, timeout=400,
+        [
+            sys.executable,
+            "benchmarks/gpu_check.py",
+            "--device",
+            "cpu",
+            "--quick",
+            "--work",
+            str(tmp_path / "work"),
+            "--report",
+            str(report),
+            "--parallel",
+            "2",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=400,
     )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     text = report.read_text()

@@ -16,8 +16,10 @@ from l2bn_lit.lit.cli import main
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.yaml"))
 #: configs that only add to another (``--config BASE --config OVERLAY``), with their base
-OVERLAYS = {"dcase2025_task1_device_finetune.yaml": ROOT / "configs" / "dcase2024_task1_cpmobile.yaml",
-            "dcase_baseline_protocol.yaml": ROOT / "configs" / "dcase2024_task1_cpmobile.yaml"}
+OVERLAYS = {
+    "dcase2025_task1_device_finetune.yaml": ROOT / "configs" / "dcase2024_task1_cpmobile.yaml",
+    "dcase_baseline_protocol.yaml": ROOT / "configs" / "dcase2024_task1_cpmobile.yaml",
+}
 #: what an overlay needs on the synthetic set (which has no split_setup/)
 OVERLAY_OPTIONS = {"dcase_baseline_protocol.yaml": ["--data.init_args.val_list", "evaluation_setup/fold1_evaluate.csv"]}
 
@@ -41,7 +43,10 @@ def _write_cifar10(root: Path, per_batch: int = 6) -> Path:
     folder.mkdir(parents=True)
     names = ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch"]
     for name in names:
-        batch = {"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8), "labels": list(rng.integers(0, 10, per_batch))}
+        batch = {
+            "data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+            "labels": list(rng.integers(0, 10, per_batch)),
+        }
         with open(folder / name, "wb") as f:
             pickle.dump(batch, f)
     with open(folder / "batches.meta", "wb") as f:
@@ -55,7 +60,10 @@ def _write_cifar100(root: Path, count: int = 12) -> Path:
     folder = root / "cifar-100-python"
     folder.mkdir(parents=True)
     for name in ("train", "test"):
-        split = {"data": rng.integers(0, 256, (count, 3072), dtype=np.uint8), "fine_labels": list(rng.integers(0, 100, count))}
+        split = {
+            "data": rng.integers(0, 256, (count, 3072), dtype=np.uint8),
+            "fine_labels": list(rng.integers(0, 100, count)),
+        }
         with open(folder / name, "wb") as f:
             pickle.dump(split, f)
     with open(folder / "meta", "wb") as f:
@@ -74,7 +82,9 @@ def cifar_root(tmp_path, monkeypatch) -> Path:
 
 
 def test_image_folder_datamodule_reads_the_layout(tmp_path):
-    data = ImageFolderDataModule(str(_write_image_folder(tmp_path)), test_split="test", image_size=32, batch_size=4, val_fraction=0.25)
+    data = ImageFolderDataModule(
+        str(_write_image_folder(tmp_path)), test_split="test", image_size=32, batch_size=4, val_fraction=0.25
+    )
     assert data.class_names == ["cat", "dog", "ship"] and data.num_classes == 3 and data.input_shape == [3, 32, 32]
     data.setup()
     assert (len(data.train_set), len(data.val_set), len(data.test_set)) == (18, 6, 9)
@@ -114,18 +124,41 @@ def _data_overrides(config: Path, cifar_root: Path, folder_root: Path) -> list[s
     if data_class == "datamodules.DigitsDataModule":
         return []
     if data_class == "datamodules.TAUScenesDataModule":  # the synthetic set, written into the test's folder
-        return ["--data.init_args.root", str(folder_root.parent / "tau"), "--data.init_args.synthesize_if_missing", "true",
-                "--data.init_args.train_list", "evaluation_setup/fold1_train.csv",  # the synthetic set has no split_setup/
-                "--data.init_args.test_list", "evaluation_setup/fold1_evaluate.csv",
-                "--data.init_args.sample_rate", "16000", "--data.init_args.duration", "1.0",
-                "--data.init_args.batch_size", "8", "--data.init_args.num_workers", "0",
-                "--data.init_args.persistent_workers", "false"]
+        return [
+            "--data.init_args.root",
+            str(folder_root.parent / "tau"),
+            "--data.init_args.synthesize_if_missing",
+            "true",
+            "--data.init_args.train_list",
+            "evaluation_setup/fold1_train.csv",  # the synthetic set has no split_setup/
+            "--data.init_args.test_list",
+            "evaluation_setup/fold1_evaluate.csv",
+            "--data.init_args.sample_rate",
+            "16000",
+            "--data.init_args.duration",
+            "1.0",
+            "--data.init_args.batch_size",
+            "8",
+            "--data.init_args.num_workers",
+            "0",
+            "--data.init_args.persistent_workers",
+            "false",
+        ]
     if data_class == "datamodules.CIFARDataModule":
         return [*common, "--data.init_args.root", str(cifar_root), "--data.init_args.persistent_workers", "false"]
     if data_class == "datamodules.ImageFolderDataModule":
         size = "40" if "on_device: true" in config.read_text() else "32"  # on_device keeps the stored 40x40 size
-        return [*common, "--data.init_args.root", str(folder_root), "--data.init_args.test_split", "test",
-                "--data.init_args.image_size", size, "--data.init_args.persistent_workers", "false"]
+        return [
+            *common,
+            "--data.init_args.root",
+            str(folder_root),
+            "--data.init_args.test_split",
+            "test",
+            "--data.init_args.image_size",
+            size,
+            "--data.init_args.persistent_workers",
+            "false",
+        ]
     raise AssertionError(f"{config.name}: no test fixture for {data_class}")
 
 
@@ -134,8 +167,20 @@ def test_every_config_parses_and_runs_one_step(config, cifar_root, tmp_path):
     folder_root = _write_image_folder(tmp_path / "folder")
     base = OVERLAYS.get(config.name)
     configs = ["--config", str(base), "--config", str(config)] if base else ["--config", str(config)]
-    args = ["fit", *configs, "--trainer.fast_dev_run", "true", "--trainer.accelerator", "cpu",
-            "--trainer.precision", "32", "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)]
+    args = [
+        "fit",
+        *configs,
+        "--trainer.fast_dev_run",
+        "true",
+        "--trainer.accelerator",
+        "cpu",
+        "--trainer.precision",
+        "32",
+        "--trainer.logger",
+        "false",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+    ]
     cli = main(args + _data_overrides(base or config, cifar_root, folder_root) + OVERLAY_OPTIONS.get(config.name, []))
     assert cli.trainer.state.finished
     assert "test/acc" in cli.trainer.callback_metrics

@@ -16,8 +16,8 @@ import torch
 
 from datamodules import DigitsDataModule
 from l2bn_lit import L2BN2d
-from l2bn_lit.lit.cli import main
 from l2bn_lit.lit.base import CheckpointMismatchError
+from l2bn_lit.lit.cli import main
 from models import ImageClassifier
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -40,7 +40,9 @@ def test_quickstart_reaches_95_percent_and_writes_the_run_folder(tmp_path):
     assert accuracy >= 0.95
     assert any(isinstance(m, L2BN2d) for m in cli.model.modules())
     assert (run / "config.yaml").is_file()
-    assert json.loads((run / "complexity.json").read_text())["parameters"] == sum(p.numel() for p in cli.model.parameters())
+    assert json.loads((run / "complexity.json").read_text())["parameters"] == sum(
+        p.numel() for p in cli.model.parameters()
+    )
     assert (run / "checkpoints" / "last.ckpt").is_file()
     assert list((run / "checkpoints").glob("best-*.ckpt"))
     metrics = pd.read_csv(run / "metrics.csv")
@@ -48,14 +50,18 @@ def test_quickstart_reaches_95_percent_and_writes_the_run_folder(tmp_path):
     per_class = pd.read_csv(run / "per_class_accuracy.csv")
     assert per_class["support"].sum() == len(cli.datamodule.test_set)
     # overall accuracy is the support-weighted mean of the per-class accuracies
-    assert (per_class["accuracy"] * per_class["support"]).sum() / per_class["support"].sum() == pytest.approx(accuracy, abs=1e-6)
+    assert (per_class["accuracy"] * per_class["support"]).sum() / per_class["support"].sum() == pytest.approx(
+        accuracy, abs=1e-6
+    )
     confusion = pd.read_csv(run / "confusion_matrix.csv", index_col=0)
     assert confusion.values.trace() / confusion.values.sum() == pytest.approx(accuracy, abs=1e-6)
     assert (run / "confusion_matrix.png").stat().st_size > 1000
 
 
 def test_bf16_mixed_fast_dev_run_on_cpu(tmp_path):
-    cli = _cli(tmp_path, "fit", "--config", QUICKSTART, "--trainer.precision", "bf16-mixed", "--trainer.fast_dev_run", "true")
+    cli = _cli(
+        tmp_path, "fit", "--config", QUICKSTART, "--trainer.precision", "bf16-mixed", "--trainer.fast_dev_run", "true"
+    )
     assert cli.trainer.precision == "bf16-mixed"
     assert all(torch.isfinite(p).all() for p in cli.model.parameters())
 
@@ -69,13 +75,28 @@ def l2bn_checkpoint(tmp_path_factory) -> Path:
 
 def test_ckpt_that_contradicts_the_config_is_an_error(l2bn_checkpoint, tmp_path):
     with pytest.raises(CheckpointMismatchError, match="norm: model='bn' checkpoint='l2bn'"):
-        _cli(tmp_path, "test", "--config", QUICKSTART, "--model.init_args.norm", "bn", "--ckpt_path", str(l2bn_checkpoint))
+        _cli(
+            tmp_path,
+            "test",
+            "--config",
+            QUICKSTART,
+            "--model.init_args.norm",
+            "bn",
+            "--ckpt_path",
+            str(l2bn_checkpoint),
+        )
 
 
 def test_ckpt_rebuilds_its_own_architecture(l2bn_checkpoint, tmp_path):
     cli = _cli(
-        tmp_path, "test", "--model", "models.ImageClassifier", "--data", "datamodules.DigitsDataModule",
-        "--ckpt_path", str(l2bn_checkpoint),
+        tmp_path,
+        "test",
+        "--model",
+        "models.ImageClassifier",
+        "--data",
+        "datamodules.DigitsDataModule",
+        "--ckpt_path",
+        str(l2bn_checkpoint),
     )
     assert cli.model.hparams.arch == "small_cnn" and cli.model.hparams.norm == "l2bn"
     same_config = _cli(tmp_path, "test", "--config", QUICKSTART, "--ckpt_path", str(l2bn_checkpoint))
@@ -122,11 +143,25 @@ def test_resume_from_last_checkpoint_matches_uninterrupted_run(tmp_path):
 def test_two_process_ddp_fit_through_the_cli_on_cpu(tmp_path):
     """A standalone `python cli.py` run (Lightning's ddp relaunches the script, so not in pytest)."""
     command = [
-        sys.executable, "cli.py", "fit", "--config", QUICKSTART, "--trainer.strategy", "ddp",
-        "--trainer.devices", "2", "--trainer.max_epochs", "2", "--trainer.sync_batchnorm", "true",
-        "--trainer.logger", f'[{{"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {{"save_dir": "{tmp_path}"}}}}]',
+        sys.executable,
+        "cli.py",
+        "fit",
+        "--config",
+        QUICKSTART,
+        "--trainer.strategy",
+        "ddp",
+        "--trainer.devices",
+        "2",
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.sync_batchnorm",
+        "true",
+        "--trainer.logger",
+        f'[{{"class_path": "pytorch_lightning.loggers.CSVLogger", "init_args": {{"save_dir": "{tmp_path}"}}}}]',
     ]
-    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         output, _ = proc.communicate(timeout=300)
     finally:  # never leave the relaunched rank behind, even after a timeout

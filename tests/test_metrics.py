@@ -49,8 +49,14 @@ def test_module_metrics_match_a_hand_computation_after_an_all_correct_first_batc
 def test_torchmetrics_default_compute_groups_make_top5_report_top1():
     """The library behaviour the module avoids (compute_groups=False): with the default, the all-correct
     first batch groups top-5 with macro accuracy, and top-5 then reports top-1's value, not its own."""
-    merged = MetricCollection({"acc": MulticlassAccuracy(10, average="micro"), "acc_macro": MulticlassAccuracy(10, average="macro"),
-                               "acc_top5": MulticlassAccuracy(10, top_k=5, average="micro")}, prefix="val/")
+    merged = MetricCollection(
+        {
+            "acc": MulticlassAccuracy(10, average="micro"),
+            "acc_macro": MulticlassAccuracy(10, average="macro"),
+            "acc_top5": MulticlassAccuracy(10, top_k=5, average="micro"),
+        },
+        prefix="val/",
+    )
     for logits, y in _batches():
         merged.update(logits, y)
     assert any(len(group) > 1 for group in merged.compute_groups.values())
@@ -60,8 +66,11 @@ def test_torchmetrics_default_compute_groups_make_top5_report_top1():
 def test_a_top_k_below_top_1_is_an_error():
     """No correct computation gives top-5 < top-1: check_top_k stops such a report (here a collection
     whose "acc_top5" is really macro accuracy, below micro accuracy on these batches)."""
-    wrong = MetricCollection({"acc": MulticlassAccuracy(10, average="micro"), "acc_top5": MulticlassAccuracy(10, average="macro")},
-                             prefix="test/", compute_groups=False)
+    wrong = MetricCollection(
+        {"acc": MulticlassAccuracy(10, average="micro"), "acc_top5": MulticlassAccuracy(10, average="macro")},
+        prefix="test/",
+        compute_groups=False,
+    )
     for logits, y in _batches():
         wrong.update(logits, y)
     with pytest.raises(RuntimeError, match="test/acc_top5=0.808333 is below test/acc=0.866667"):

@@ -23,8 +23,13 @@ def _model(**options) -> ImageClassifier:
 
 def _fit(model: ImageClassifier, tmp_path: Path, **trainer_options) -> pl.Trainer:
     trainer = pl.Trainer(
-        accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path, **trainer_options,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        **trainer_options,
     )
     trainer.fit(model, datamodule=DigitsDataModule(batch_size=64))
     return trainer
@@ -94,16 +99,28 @@ def test_onecycle_warmup_share_and_constant_momentum(tmp_path):
 
     default, fixed = Record(), Record()
     _fit(_model(lr=0.3, schedule="onecycle"), tmp_path, max_epochs=2, callbacks=[default], limit_val_batches=0)
-    _fit(_model(lr=0.3, schedule="onecycle", pct_start=0.25, cycle_momentum=False, momentum=0.9), tmp_path, max_epochs=2,
-         callbacks=[fixed], limit_val_batches=0)
+    _fit(
+        _model(lr=0.3, schedule="onecycle", pct_start=0.25, cycle_momentum=False, momentum=0.9),
+        tmp_path,
+        max_epochs=2,
+        callbacks=[fixed],
+        limit_val_batches=0,
+    )
     steps = len(fixed.lrs)
     # torch's OneCycleLR peaks at step round(pct_start * total) - 1
-    assert fixed.lrs.index(max(fixed.lrs)) == round(0.25 * steps) - 1 and default.lrs.index(max(default.lrs)) == round(0.3 * steps) - 1
+    assert (
+        fixed.lrs.index(max(fixed.lrs)) == round(0.25 * steps) - 1
+        and default.lrs.index(max(default.lrs)) == round(0.3 * steps) - 1
+    )
     assert set(fixed.momenta) == {0.9}
-    assert min(default.momenta) == pytest.approx(0.85, abs=1e-3) and max(default.momenta) == pytest.approx(0.95, abs=1e-3)
+    assert min(default.momenta) == pytest.approx(0.85, abs=1e-3) and max(default.momenta) == pytest.approx(
+        0.95, abs=1e-3
+    )
 
 
-@pytest.mark.parametrize("options", [{"mixup_alpha": 0.4}, {"cutmix_alpha": 1.0}, {"mixup_alpha": 0.2, "cutmix_alpha": 1.0}])
+@pytest.mark.parametrize(
+    "options", [{"mixup_alpha": 0.4}, {"cutmix_alpha": 1.0}, {"mixup_alpha": 0.2, "cutmix_alpha": 1.0}]
+)
 def test_mixup_and_cutmix_train_with_soft_targets(options, tmp_path):
     model = _model(label_smoothing=0.1, **options)
     x = torch.randn(16, 1, 8, 8)

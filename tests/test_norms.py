@@ -30,7 +30,7 @@ def _norm_types(model: nn.Module) -> list[type]:
 def _with_reference_norms(model: nn.Module) -> nn.Module:
     """Replaces each L2BN with the independent F.normalize + BatchNorm reference."""
     model = copy.deepcopy(model)
-    for name, module in list(model.named_modules()):
+    for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, (L2BN1d, L2BN2d, L2BN3d)):
                 ref = ReferenceL2BN(child.num_features, l2_eps=child.l2_eps, rescale=child.rescale)

@@ -114,8 +114,10 @@ HARD_INPUTS = {
     "large_mean": lambda g, s: 1000 + torch.randn(s, generator=g, dtype=torch.float64),
     "tiny": lambda g, s: 1e-20 * torch.randn(s, generator=g, dtype=torch.float64),
     "huge": lambda g, s: 1e15 * torch.randn(s, generator=g, dtype=torch.float64),
-    "mixed_scales": lambda g, s: torch.randn(s, generator=g, dtype=torch.float64)
-    * torch.logspace(-6, 6, s[0], dtype=torch.float64).view(-1, *([1] * (len(s) - 1))),
+    "mixed_scales": lambda g, s: (
+        torch.randn(s, generator=g, dtype=torch.float64)
+        * torch.logspace(-6, 6, s[0], dtype=torch.float64).view(-1, *([1] * (len(s) - 1)))
+    ),
 }
 
 

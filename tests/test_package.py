@@ -24,8 +24,10 @@ def test_the_layer_family_loads_without_lightning_or_the_pipelines():
     result = _run(
         "import sys, l2bn_lit, l2bn_lit.nn\n"
         "from l2bn_lit import L2BN2d, SyncL2BN, convert_norm, l2_batch_norm\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('pytorch_lightning', 'lightning', 'lightning_fabric',\n"
-        "             'datamodules', 'models', 'torchmetrics') or m.startswith(('l2bn_lit.lit', 'l2bn_lit.commands')))\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('pytorch_lightning', 'lightning', "
+        "'lightning_fabric',\n"
+        "             'datamodules', 'models', 'torchmetrics') or m.startswith(('l2bn_lit.lit', "
+        "'l2bn_lit.commands')))\n"
         "print(bad); assert not bad"
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -42,6 +44,16 @@ def test_the_import_contracts_hold():
     assert "0 broken" in result.stdout
 
 
+def test_the_code_passes_ruff():
+    """The linter and the formatter (pyproject.toml [tool.ruff]: lines <= 120), as .ci/run runs them."""
+    ruff = shutil.which("ruff")
+    if ruff is None:
+        pytest.skip("ruff is a dev dependency: pip install -e '.[dev]'")
+    for command in (["check", "."], ["format", "--check", "."]):
+        result = subprocess.run([ruff, *command], capture_output=True, text=True, cwd=ROOT, timeout=300)
+        assert result.returncode == 0, f"ruff {' '.join(command)}:\n{result.stdout[-4000:]}"
+
+
 def test_the_module_paths_from_before_the_folders_resolve():
     """Configs, saved run configs and checkpoints name ``l2bn_lit.analysis.FeatureNormMonitor``,
     ``l2bn_lit.csv_logger.RunCSVLogger``, ...; results/ records ``python -m l2bn_lit.sweep`` commands."""
@@ -55,20 +67,40 @@ def test_the_module_paths_from_before_the_folders_resolve():
         "assert FeatureNormMonitor is moved\n"
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    old_command = subprocess.run([sys.executable, "-m", "l2bn_lit.results", "--help"], capture_output=True, text=True, cwd=ROOT,
-                                 timeout=120)
+    old_command = subprocess.run(
+        [sys.executable, "-m", "l2bn_lit.results", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     assert old_command.returncode == 0 and "l2bn results RUNS_FOLDER" in old_command.stdout, old_command.stderr
 
 
 def test_entry_point_runs_every_command():
-    help_text = subprocess.run([sys.executable, "-m", "l2bn_lit", "--help"], capture_output=True, text=True, cwd=ROOT,
-                               timeout=120).stdout
+    help_text = subprocess.run(
+        [sys.executable, "-m", "l2bn_lit", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120
+    ).stdout
     for command in ("fit", "sweep", "ablation", "results", "complexity", "data", "evaluate", "package"):
         assert f"l2bn {command}" in help_text
-    unknown = subprocess.run([sys.executable, "-m", "l2bn_lit", "train"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    unknown = subprocess.run(
+        [sys.executable, "-m", "l2bn_lit", "train"], capture_output=True, text=True, cwd=ROOT, timeout=120
+    )
     assert unknown.returncode != 0 and "unknown command 'train'" in unknown.stderr
-    fit = subprocess.run([sys.executable, "-m", "l2bn_lit", "fit", "--config", "configs/quickstart.yaml", "--trainer.fast_dev_run",
-                          "true", "--trainer.enable_progress_bar", "false"], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    fit = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "l2bn_lit",
+            "fit",
+            "--config",
+            "configs/quickstart.yaml",
+            "--trainer.fast_dev_run",
+            "true",
+            "--trainer.enable_progress_bar",
+            "false",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert fit.returncode == 0, fit.stderr[-2000:]
     assert "test/acc" in fit.stdout
 
@@ -89,7 +121,8 @@ def test_models_load_without_lightning_and_the_old_class_paths_resolve():
         "import sys, models, models.frontend, models.audio_augment, models.heads, models.cp_mobile\n"
         "from models import build_model, build_audio_model\n"
         "build_model('resnet20', num_classes=10, norm='l2bn'); build_audio_model('cp_mobile', 10)\n"
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('pytorch_lightning', 'lightning', 'lightning_fabric',\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('pytorch_lightning', 'lightning', "
+        "'lightning_fabric',\n"
         "             'torchmetrics', 'matplotlib', 'datamodules') or m.startswith('l2bn_lit.') and not\n"
         "             m.startswith(('l2bn_lit.nn', 'l2bn_lit.serialization', 'l2bn_lit._moved')))\n"
         "print(bad); assert not bad\n"
@@ -103,14 +136,30 @@ def test_models_load_without_lightning_and_the_old_class_paths_resolve():
 def test_a_checkpoint_naming_the_old_class_path_loads(tmp_path):
     """A run's checkpoint whose saved class path is the pre-move ``models.ImageClassifier`` (what the
     code before the move wrote) is loaded by ``l2bn evaluate``'s loader as the image classifier."""
-    from l2bn_lit.lit.cli import main as cli_main
-    from l2bn_lit.lit.loading import load_module
     from l2bn_lit.lit import ImageClassifier
     from l2bn_lit.lit.base import ClassificationModule
+    from l2bn_lit.lit.cli import main as cli_main
+    from l2bn_lit.lit.loading import load_module
 
-    cli_main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--model.class_path", "models.ImageClassifier",
-              "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", "--trainer.limit_val_batches", "1",
-              "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path)])
+    cli_main(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "configs" / "quickstart.yaml"),
+            "--model.class_path",
+            "models.ImageClassifier",
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.limit_train_batches",
+            "2",
+            "--trainer.limit_val_batches",
+            "1",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ]
+    )
     checkpoint = next(tmp_path.rglob("last.ckpt"))
     saved = torch.load(checkpoint, weights_only=True)
     assert saved["hyper_parameters"]["_class_path"] == "models.ImageClassifier"

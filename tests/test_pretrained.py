@@ -67,18 +67,31 @@ def test_l2bn_statistics_are_re_estimated_before_the_first_evaluation(resnet18_w
     path, state = resnet18_weights
     root = _write_image_folder(tmp_path / "data", per_class=(8, 3))
     # on_device: the augmentation is a function of (seed, epoch, index), so both passes see the same batches
-    dm = ImageFolderDataModule(str(root), test_split="test", image_size=40, transforms="cifar", batch_size=4, on_device=True)
+    dm = ImageFolderDataModule(
+        str(root), test_split="test", image_size=40, transforms="cifar", batch_size=4, on_device=True
+    )
     pl.seed_everything(0)
-    model = ImageClassifier(num_classes=3, input_shape=[3, 40, 40], arch="torchvision.resnet18", norm="l2bn",
-                            pretrained=str(path), recalibration_batches=3)
+    model = ImageClassifier(
+        num_classes=3,
+        input_shape=[3, 40, 40],
+        arch="torchvision.resnet18",
+        norm="l2bn",
+        pretrained=str(path),
+        recalibration_batches=3,
+    )
     assert not model.norm_stats_ready
     dm.setup("fit")
     reference = copy.deepcopy(model.network)
     batches = itertools.islice(dm.train_dataloader(), 3)
     update_bn((dm.on_after_batch_transfer(batch, 0)[0] for batch in batches), reference)  # torch's own, by hand
 
-    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False,
-                         default_root_dir=tmp_path)
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+    )
     trainer.test(model, datamodule=dm, verbose=False)
     assert model.norm_stats_ready
     first = next(m for m in model.network.modules() if isinstance(m, L2BN2d))
@@ -95,5 +108,7 @@ def test_l2bn_statistics_are_re_estimated_before_the_first_evaluation(resnet18_w
 
 def test_bn_with_pretrained_weights_keeps_their_statistics(resnet18_weights):
     path, _ = resnet18_weights
-    model = ImageClassifier(num_classes=3, input_shape=[3, 32, 32], arch="torchvision.resnet18", norm="bn", pretrained=str(path))
+    model = ImageClassifier(
+        num_classes=3, input_shape=[3, 32, 32], arch="torchvision.resnet18", norm="bn", pretrained=str(path)
+    )
     assert model.norm_stats_ready

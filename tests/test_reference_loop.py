@@ -35,8 +35,11 @@ def test_each_sample_is_a_crop_of_its_zero_padded_image_and_maybe_flipped():
         offsets = []
         for i in range(16):
             matches = [
-                (t, l, f) for t in range(9) for l in range(9) for f in (False, True)
-                if torch.equal(out[i], _crop_flip_by_hand(images[i], t, l, f))
+                (t, x, f)
+                for t in range(9)
+                for x in range(9)
+                for f in (False, True)
+                if torch.equal(out[i], _crop_flip_by_hand(images[i], t, x, f))
             ]
             assert len(matches) == 1, f"sample {i}: {len(matches)} crops match"
             offsets.append(matches[0][:2])
@@ -52,7 +55,7 @@ def test_padding_modes_and_the_mean_fill_pad_as_torchvision_does():
         source = loop.normalize(images, args.std) if fill == "mean" else images
         padded = loop.v2.functional.pad(source, [4], fill=0, padding_mode=mode)  # torchvision's own padding
         for i in range(6):
-            crops = [padded[i, :, t : t + 32, l : l + 32] for t in range(9) for l in range(9)]
+            crops = [padded[i, :, t : t + 32, x : x + 32] for t in range(9) for x in range(9)]
             crops += [c.flip(2) for c in crops]
             crops = [c if fill == "mean" else loop.normalize(c[None], args.std)[0] for c in crops]
             assert any(torch.allclose(out[i], c, atol=1e-6) for c in crops), (mode, fill, i)
@@ -82,9 +85,24 @@ def test_one_epoch_on_jpeg_folders_appends_a_result_row(tmp_path):
     out = tmp_path / "loop.csv"
     for norm in ("bn", "l2bn"):
         result = subprocess.run(
-            [sys.executable, "benchmarks/reference_cifar_loop.py", "--root", str(tmp_path / "data"), "--norm", norm,
-             "--epochs", "1", "--batch-size", "8", "--out", str(out)],
-            cwd=ROOT, capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "benchmarks/reference_cifar_loop.py",
+                "--root",
+                str(tmp_path / "data"),
+                "--norm",
+                norm,
+                "--epochs",
+                "1",
+                "--batch-size",
+                "8",
+                "--out",
+                str(out),
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
         assert result.returncode == 0, result.stderr[-3000:]
     rows = pd.read_csv(out)
@@ -93,10 +111,15 @@ def test_one_epoch_on_jpeg_folders_appends_a_result_row(tmp_path):
 
 
 def test_summary_pairs_by_seed_within_each_setting():
-    runs = pd.DataFrame({
-        "norm": ["bn", "l2bn", "bn", "l2bn", "bn", "l2bn"], "seed": [0, 0, 1, 1, 0, 0],
-        "shortcut": ["A", "A", "A", "A", "B", "B"], "test_acc": [0.78, 0.74, 0.77, 0.75, 0.77, 0.76], "seconds": [1] * 6,
-    })
+    runs = pd.DataFrame(
+        {
+            "norm": ["bn", "l2bn", "bn", "l2bn", "bn", "l2bn"],
+            "seed": [0, 0, 1, 1, 0, 0],
+            "shortcut": ["A", "A", "A", "A", "B", "B"],
+            "test_acc": [0.78, 0.74, 0.77, 0.75, 0.77, 0.76],
+            "seconds": [1] * 6,
+        }
+    )
     table = loop.summarize(runs).set_index("settings")
     assert list(table.index) == ["shortcut=A", "shortcut=B"]
     assert table.loc["shortcut=A", "bn"] == 0.775 and table.loc["shortcut=A", "l2bn"] == 0.745

@@ -6,13 +6,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from l2bn_lit.reports.runs import collect_runs, norm_label, scan_runs, summary_table
 from l2bn_lit.commands.results import main as results_main
+from l2bn_lit.reports.runs import collect_runs, norm_label, scan_runs, summary_table
 
 
 def _run(folder, norm, seed, accuracy):
     folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text(yaml.safe_dump({"seed_everything": seed, "model": {"init_args": {"norm": norm}}}))
+    (folder / "config.yaml").write_text(
+        yaml.safe_dump({"seed_everything": seed, "model": {"init_args": {"norm": norm}}})
+    )
     pd.DataFrame({"epoch": [0, 1, 1], "val/acc": [0.5, 0.6, None], "test/acc": [None, None, accuracy]}).to_csv(
         folder / "metrics.csv", index=False
     )
@@ -49,7 +51,9 @@ def test_results_reports_finished_runs_and_lists_interrupted_ones_apart(tmp_path
     (tmp_path / "l2bn_1" / "checkpoints").mkdir()
     (tmp_path / "l2bn_1" / "checkpoints" / "last.ckpt").write_bytes(b"x")
     (tmp_path / "bn_1").mkdir()
-    (tmp_path / "bn_1" / "config.yaml").write_text(yaml.safe_dump({"seed_everything": 1, "model": {"init_args": {"norm": "bn"}}}))
+    (tmp_path / "bn_1" / "config.yaml").write_text(
+        yaml.safe_dump({"seed_everything": 1, "model": {"init_args": {"norm": "bn"}}})
+    )
     finished, incomplete = scan_runs(tmp_path)
     assert sorted(finished["run"]) == ["bn_0", "l2bn_0"]
     assert incomplete.set_index("run").loc["l2bn_1", "last epoch"] == 1

@@ -58,7 +58,11 @@ def _write(tmp_path, name: str, content) -> str:
     [
         ("empty.ckpt", b"", "empty file"),
         ("junk.ckpt", b"this is not a checkpoint at all", "truncated or corrupt|not a PyTorch checkpoint"),
-        ("foreign.ckpt", {"model": {"w": torch.zeros(1)}}, r"not a checkpoint of this project \(no state_dict, hyper_parameters"),
+        (
+            "foreign.ckpt",
+            {"model": {"w": torch.zeros(1)}},
+            r"not a checkpoint of this project \(no state_dict, hyper_parameters",
+        ),
         ("plain.pkl", "pickle", "not a PyTorch checkpoint"),
     ],
 )
@@ -96,8 +100,8 @@ def test_init_from_and_evaluate_refuse_a_bad_file_by_name(tmp_path):
     bad = _write(tmp_path, "bad.ckpt", b"\x00" * 64)
     with pytest.raises(CheckpointError, match=rf"^{bad}"):
         ImageClassifier(num_classes=10, input_shape=[1, 8, 8], arch="small_cnn", init_from=str(bad))
-    from l2bn_lit.lit.loading import load_module
     from l2bn_lit.lit.base import ClassificationModule
+    from l2bn_lit.lit.loading import load_module
 
     with pytest.raises(CheckpointError, match=rf"^{bad}"):
         load_module(bad, {}, ClassificationModule)

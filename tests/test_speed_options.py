@@ -21,8 +21,14 @@ def _model(**options) -> ImageClassifier:
 def _fit_and_test(model: ImageClassifier, tmp_path: Path) -> tuple[pl.Trainer, dict[str, float]]:
     pl.seed_everything(0)
     trainer = pl.Trainer(
-        accelerator="cpu", max_epochs=1, limit_train_batches=8, logger=False, enable_progress_bar=False,
-        enable_model_summary=False, default_root_dir=tmp_path, deterministic=True,
+        accelerator="cpu",
+        max_epochs=1,
+        limit_train_batches=8,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=tmp_path,
+        deterministic=True,
     )
     data = DigitsDataModule(batch_size=64)
     trainer.fit(model, datamodule=data)
@@ -73,4 +79,3 @@ def test_default_num_workers():
     cpu = pl.Trainer(accelerator="cpu", devices=1, logger=False)
     assert default_num_workers(cpu) == 0
     assert DigitsDataModule(batch_size=8).num_workers is None
-

@@ -14,22 +14,25 @@ import pytest
 import soundfile as sf
 import torch
 import torchaudio.functional as AF
+from tau_lists import write_2025_eval_list
 
-from l2bn_lit import vendor
+from l2bn_lit.commands import vendoring as vendor
 from l2bn_lit.commands.evaluate import find_checkpoints
-from l2bn_lit.lit.loading import load_module
 from l2bn_lit.commands.evaluate import main as evaluate
 from l2bn_lit.commands.package import PackageError, submission_spec
 from l2bn_lit.commands.package import main as package
-from l2bn_lit.serialization import load_checkpoint
 from l2bn_lit.lit.audio import AudioSceneClassifier
-from tau_lists import write_2025_eval_list
+from l2bn_lit.lit.loading import load_module
+from l2bn_lit.serialization import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 DCASE = str(ROOT / "configs" / "quickstart_dcase.yaml")
 NAME = "Tester_Lab_task1"
 #: run in the installed package's environment: this project, Lightning and the data modules unimportable
-BLOCK = "import sys\nfor name in ('l2bn_lit', 'models', 'datamodules', 'lightning', 'pytorch_lightning'):\n    sys.modules[name] = None\n"
+BLOCK = (
+    "import sys\nfor name in ('l2bn_lit', 'models', 'datamodules', 'lightning', 'pytorch_lightning'):\n"
+    "    sys.modules[name] = None\n"
+)
 
 
 def _checkpoints(dcase_runs) -> tuple[Path, Path]:
@@ -52,10 +55,26 @@ def _venv(tmp_path: Path, package_folder: Path) -> Path:
     """A fresh environment (this interpreter's site packages for torch, without the project on the
     path) with the package installed the way pip installs it; returns its python."""
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True, timeout=120)
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True, timeout=120
+    )
     python = venv / "bin" / "python"
-    subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--no-deps", "--no-build-isolation", "--disable-pip-version-check",
-                    str(package_folder)], check=True, timeout=300, cwd=tmp_path)
+    subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--disable-pip-version-check",
+            str(package_folder),
+        ],
+        check=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     return python
 
 
@@ -64,9 +83,12 @@ def test_the_package_installs_runs_without_the_project_and_predicts_as_evaluate(
     listed = write_2025_eval_list(root, with_devices=True)
     assert _resample_some(root, listed) > 0
     out = tmp_path / "package"
-    table = package([str(general), "--device-model", f"a={device_a}", "--name", NAME, "--index", "1", "--out", str(out)])
+    table = package(
+        [str(general), "--device-model", f"a={device_a}", "--name", NAME, "--index", "1", "--out", str(out)]
+    )
 
-    # per device as the challenge's test_complexity.py measures: a has its own (L2BN) network, the others the general one
+    # per device as the challenge's test_complexity.py measures: a has its own (L2BN) network,
+    # the others the general one
     parameters = sum(p.numel() for p in load_module(device_a, {}, AudioSceneClassifier).feature_network.parameters())
     assert table["a"]["model"] == "a" and table["s4"]["model"] == table["b"]["model"] == "general"
     assert table["a"]["l2bn_inference_macs"] > 0 and table["b"]["l2bn_inference_macs"] == 0
@@ -81,7 +103,8 @@ def test_the_package_installs_runs_without_the_project_and_predicts_as_evaluate(
         "import json, torch\n"
         f"from {NAME}.{NAME}_1 import predict, load_model, get_model_for_device, load_inputs\n"
         f"import {NAME}; assert 'site-packages' in {NAME}.__file__, {NAME}.__file__\n"
-        f"logits, order = predict({[str(root / f) for f in files['filename']]!r}, {files['device_id'].tolist()!r}, use_cuda=False)\n"
+        f"logits, order = predict({[str(root / f) for f in files['filename']]!r}, "
+        f"{files['device_id'].tolist()!r}, use_cuda=False)\n"
         "model = load_model()\n"
         "dtypes = {d: str(next(get_model_for_device(model, d).parameters()).dtype) for d in ('a', 's4', 'unknown')}\n"
         "same = get_model_for_device(model, 'unknown') is get_model_for_device(model, 'b')\n"
@@ -90,11 +113,29 @@ def test_the_package_installs_runs_without_the_project_and_predicts_as_evaluate(
     result = subprocess.run([str(python), "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     installed = json.loads(result.stdout.strip().splitlines()[-1])
-    assert installed["dtypes"] == {"a": "torch.float16", "s4": "torch.float16", "unknown": "torch.float16"} and installed["same"]
+    assert (
+        installed["dtypes"] == {"a": "torch.float16", "s4": "torch.float16", "unknown": "torch.float16"}
+        and installed["same"]
+    )
 
     # l2bn evaluate on the same checkpoints, list and precision (16 by default for both)
-    evaluate(["--config", DCASE, "--data.init_args.root", str(root), "--data.init_args.predict_list", listed, "--split", "predict",
-              str(general), "--device-model", f"a={device_a}", "--out", str(tmp_path / "evaluate")])
+    evaluate(
+        [
+            "--config",
+            DCASE,
+            "--data.init_args.root",
+            str(root),
+            "--data.init_args.predict_list",
+            listed,
+            "--split",
+            "predict",
+            str(general),
+            "--device-model",
+            f"a={device_a}",
+            "--out",
+            str(tmp_path / "evaluate"),
+        ]
+    )
     output = pd.read_csv(tmp_path / "evaluate" / "output.csv", sep="\t")
     class_names = load_checkpoint(general)["hyper_parameters"]["class_names"]
     assert installed["order"] == class_names == list(output.columns[2:])
@@ -104,20 +145,44 @@ def test_the_package_installs_runs_without_the_project_and_predicts_as_evaluate(
     np.testing.assert_allclose(logits.softmax(1).numpy(), output[class_names].to_numpy(), atol=2e-6)
 
     # the challenge's measurement run against the installed package gives the build's figures
-    check = subprocess.run([str(python), str(ROOT / "l2bn_lit" / "templates" / "check_submission.py"), str(tmp_path / "empty"), NAME, "1", "a", "s4"],
-                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    check = subprocess.run(
+        [
+            str(python),
+            str(ROOT / "l2bn_lit" / "commands" / "templates" / "check_submission.py"),
+            str(tmp_path / "empty"),
+            NAME,
+            "1",
+            "a",
+            "s4",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert check.returncode == 0, check.stderr[-3000:]
     measured = json.loads(check.stdout)
     for device in ("a", "s4"):
-        assert {key: measured[device][key] for key in ("MACs", "Params")} == {key: table[device][key] for key in ("MACs", "Params")}
+        assert {key: measured[device][key] for key in ("MACs", "Params")} == {
+            key: table[device][key] for key in ("MACs", "Params")
+        }
     assert measured["a"]["Params"] == 2 * parameters  # 16-bit parameters
 
     # a second submission index joins the same package; a foreign checkpoint is refused by load_model
     package([str(device_a), "--name", NAME, "--index", "2", "--out", str(out), "--precision", "32"])
     assert (out / NAME / f"{NAME}_1.py").is_file() and (out / NAME / f"{NAME}_2.py").is_file()
     torch.save({"state_dict": {}}, tmp_path / "foreign.pt")
-    refused = subprocess.run([str(python), "-c", BLOCK + f"from {NAME}.{NAME}_1 import load_model\nload_model({str(tmp_path / 'foreign.pt')!r})"],
-                             capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    refused = subprocess.run(
+        [
+            str(python),
+            "-c",
+            BLOCK + f"from {NAME}.{NAME}_1 import load_model\nload_model({str(tmp_path / 'foreign.pt')!r})",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert refused.returncode != 0 and "not a checkpoint of an l2bn-lit DCASE 2025 submission" in refused.stderr
 
 
@@ -126,7 +191,11 @@ def test_checkpoints_that_cannot_make_one_submission_are_refused(dcase_runs, tmp
     other = load_checkpoint(device_a)
     other["hyper_parameters"]["frontend"]["f_max"] = 6000.0  # another front-end (same shapes, other mel filters)
     torch.save(other, tmp_path / "other_frontend.ckpt")
-    with pytest.raises(PackageError, match=r"other_frontend.ckpt: its front-end or classes differ from the general model's \(f_max=6000.0 \(general: None\)\)"):
+    with pytest.raises(
+        PackageError,
+        match=r"other_frontend.ckpt: its front-end or classes differ from the general model's "
+        r"\(f_max=6000.0 \(general: None\)\)",
+    ):
         submission_spec(general, {"a": tmp_path / "other_frontend.ckpt"})
     with pytest.raises(PackageError, match="'general' names the general model"):
         submission_spec(general, {"general": device_a})
@@ -151,18 +220,27 @@ def test_network_code_that_imports_the_training_stack_is_not_carried(tmp_path, m
     (models / "helper.py").write_text("import math\n\nimport pytorch_lightning as pl\n\nwidth = 3\n")
     (models / "lazy.py").write_text("def extra():\n    import timm\n    return timm\n")
     monkeypatch.setattr(vendor, "ROOT", tmp_path)
-    with pytest.raises(vendor.VendorError, match=r"models/helper.py:3: imports pytorch_lightning, which the inference package cannot carry"):
+    with pytest.raises(
+        vendor.VendorError,
+        match=r"models/helper.py:3: imports pytorch_lightning, which the inference package cannot carry",
+    ):
         vendor.vendor_network_code(["models.net"], tmp_path / "out", "Pkg.network")
-    written = vendor.vendor_network_code(["models.lazy"], tmp_path / "out", "Pkg.network")  # optional imports inside functions
+    written = vendor.vendor_network_code(
+        ["models.lazy"], tmp_path / "out", "Pkg.network"
+    )  # optional imports inside functions
     assert "models/lazy.py" in written
 
 
 def test_the_carried_code_points_at_the_package_and_matches_the_project(tmp_path):
     written = vendor.vendor_network_code(["models.audio", "models.frontend"], tmp_path / "network", "Pkg.network")
-    assert {"models/audio.py", "models/frontend.py", "models/cp_mobile.py", "nn/layers.py", "nn/__init__.py"} <= set(written)
+    assert {"models/audio.py", "models/frontend.py", "models/cp_mobile.py", "nn/layers.py", "nn/__init__.py"} <= set(
+        written
+    )
     assert not any(name.startswith("models/audio_classifier") or name == "models/registry.py" for name in written)
     audio = (tmp_path / "network" / "models" / "audio.py").read_text()
     assert "from Pkg.network.nn import get_norm_layer" in audio and "l2bn_lit" not in audio.replace("l2bn_lit.nn", "")
     original = (ROOT / "models" / "audio.py").read_text()
     assert audio == original.replace("from l2bn_lit.nn import", "from Pkg.network.nn import")
-    assert (tmp_path / "network" / "nn" / "functional.py").read_text() == (ROOT / "l2bn_lit" / "nn" / "functional.py").read_text()
+    assert (tmp_path / "network" / "nn" / "functional.py").read_text() == (
+        ROOT / "l2bn_lit" / "nn" / "functional.py"
+    ).read_text()

@@ -19,17 +19,35 @@ import torch
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-FIT = [sys.executable, str(ROOT / "cli.py"), "fit", "--config", str(ROOT / "configs" / "quickstart.yaml"),
-       "--trainer.max_epochs", "4", "--trainer.enable_progress_bar", "false", "--test_after_fit", "false",
-       "--model.init_args.mixup_alpha", "0.2"]
+FIT = [
+    sys.executable,
+    str(ROOT / "cli.py"),
+    "fit",
+    "--config",
+    str(ROOT / "configs" / "quickstart.yaml"),
+    "--trainer.max_epochs",
+    "4",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--test_after_fit",
+    "false",
+    "--model.init_args.mixup_alpha",
+    "0.2",
+]
 STEPS_PER_EPOCH = 20  # 1,293 training digits, batches of 64, the last one dropped
 
 
 def _fit(root: Path, *options: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}  # the SignalAt callback
     env.pop("L2BN_DEBUG", None)
-    return subprocess.run([*FIT, "--trainer.default_root_dir", str(root), *options], cwd=root.parent, env=env,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [*FIT, "--trainer.default_root_dir", str(root), *options],
+        cwd=root.parent,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
 
 
 def _signal_at(tmp_path: Path, epoch: int, batch: int, signal: str) -> list[str]:

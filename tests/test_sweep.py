@@ -10,9 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from l2bn_lit.reports.runs import summary_table
 from l2bn_lit.commands.sweep import main
-from l2bn_lit.reports.runs import parse_arm
+from l2bn_lit.reports.runs import parse_arm, summary_table
 from l2bn_lit.reports.stats import paired_differences
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,11 +19,13 @@ T_975_2DF = 4.302653  # Student t quantile 0.975, 2 degrees of freedom (printed 
 
 
 def _runs() -> pd.DataFrame:
-    return pd.DataFrame({
-        "norm": ["bn"] * 3 + ["l2bn"] * 3,
-        "seed": [0, 1, 2, 2, 0, 1],  # pairing is by seed, not by row order
-        "test/acc": [0.80, 0.82, 0.84, 0.86, 0.81, 0.85],
-    })
+    return pd.DataFrame(
+        {
+            "norm": ["bn"] * 3 + ["l2bn"] * 3,
+            "seed": [0, 1, 2, 2, 0, 1],  # pairing is by seed, not by row order
+            "test/acc": [0.80, 0.82, 0.84, 0.86, 0.81, 0.85],
+        }
+    )
 
 
 def test_summary_and_paired_difference_by_hand():
@@ -48,8 +49,28 @@ def test_a_single_pair_has_no_interval():
 def test_tiny_sweep_runs_every_combination_collects_and_resumes(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
     out = tmp_path / "sweep"
-    argv = ["--config", "configs/quickstart.yaml", "--norms", "bn", "l2bn", "--seeds", "0", "1", "--out", str(out), "--analysis",
-            "--parallel", "2", "--", "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "3", "--trainer.enable_progress_bar", "false"]
+    argv = [
+        "--config",
+        "configs/quickstart.yaml",
+        "--norms",
+        "bn",
+        "l2bn",
+        "--seeds",
+        "0",
+        "1",
+        "--out",
+        str(out),
+        "--analysis",
+        "--parallel",
+        "2",
+        "--",
+        "--trainer.max_epochs",
+        "1",
+        "--trainer.limit_train_batches",
+        "3",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
     runs = main(argv)
     assert sorted(zip(runs["norm"], runs["seed"])) == [("bn", 0), ("bn", 1), ("l2bn", 0), ("l2bn", 1)]
     for _, row in runs.iterrows():
@@ -87,7 +108,9 @@ def test_a_norm_with_options_is_its_own_arm(tmp_path, capsys):
     with pytest.raises(ValueError, match="key=value pairs"):
         parse_arm("l2bn:rescale")
     config = str(ROOT / "configs" / "quickstart.yaml")
-    main(["--config", config, "--norms", "bn", "l2bn:rescale=True", "--seeds", "0", "--out", str(tmp_path), "--dry-run"])
+    main(
+        ["--config", config, "--norms", "bn", "l2bn:rescale=True", "--seeds", "0", "--out", str(tmp_path), "--dry-run"]
+    )
     bn, rescaled = capsys.readouterr().out.splitlines()
     bn, rescaled = shlex.split(bn), shlex.split(rescaled)  # POSIX shell lines, for job scripts
     assert "--model.init_args.norm_options" not in bn
@@ -103,7 +126,21 @@ def test_missing_config_is_named(tmp_path):
 
 def test_a_failed_run_stops_the_sweep_and_names_its_log(tmp_path, monkeypatch):
     monkeypatch.chdir(ROOT)
-    argv = ["--config", "configs/quickstart.yaml", "--norms", "bn", "l2bn", "--seeds", "0", "--out", str(tmp_path),
-            "--parallel", "2", "--", "--model.init_args.lr", "fast"]
+    argv = [
+        "--config",
+        "configs/quickstart.yaml",
+        "--norms",
+        "bn",
+        "l2bn",
+        "--seeds",
+        "0",
+        "--out",
+        str(tmp_path),
+        "--parallel",
+        "2",
+        "--",
+        "--model.init_args.lr",
+        "fast",
+    ]
     with pytest.raises(SystemExit, match=r"failed \(exit [0-9]+\); its output: .*seed0\.log"):
         main(argv)

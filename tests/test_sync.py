@@ -179,8 +179,12 @@ def _lightning_ddp_worker(rank: int, world_size: int) -> dict:
     from lit_models import AssertSynced
 
     os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT="0", WORLD_SIZE=str(world_size), RANK=str(rank),
-        LOCAL_RANK=str(rank), NODE_RANK="0",
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT="0",
+        WORLD_SIZE=str(world_size),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        NODE_RANK="0",
     )
     model = _fit(world_size, 4, strategy="ddp", plugins=[L2BNLayerSync()], callbacks=[AssertSynced()])
     assert type(model.features[1]) is L2BN2d  # reverted after fit

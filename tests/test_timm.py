@@ -49,8 +49,17 @@ def test_every_converted_norm_is_l2bn_then_its_activation(name, training):
         stats = (module.running_mean.detach().double().clone(), module.running_var.detach().double().clone())
         if training:  # the module has already moved its buffers: recompute from the batch alone
             stats = (torch.zeros_like(stats[0]), torch.ones_like(stats[1]))
-        y = reference_l2bn(x, *stats, module.weight.detach().double(), module.bias.detach().double(), training,
-                           0.1, module.eps, module.l2_eps, module.rescale)
+        y = reference_l2bn(
+            x,
+            *stats,
+            module.weight.detach().double(),
+            module.bias.detach().double(),
+            training,
+            0.1,
+            module.eps,
+            module.l2_eps,
+            module.rescale,
+        )
         act = copy.deepcopy(module.act).double()
         expected = act(module.drop(y))
         torch.testing.assert_close(output.double(), expected, rtol=1e-4, atol=1e-4)
@@ -70,7 +79,9 @@ def test_back_to_batch_norm_act_and_state_dicts_load_both_ways(name):
     expected = original(x)
     converted = convert_norm(copy.deepcopy(original), "l2bn")
     back = convert_norm(copy.deepcopy(converted), "bn")
-    assert sum(type(m) is BatchNormAct2d for m in back.modules()) == sum(type(m) is BatchNormAct2d for m in original.modules())
+    assert sum(type(m) is BatchNormAct2d for m in back.modules()) == sum(
+        type(m) is BatchNormAct2d for m in original.modules()
+    )
     assert not any(isinstance(m, L2BNAct2d) for m in back.modules())
     torch.testing.assert_close(back.eval()(x), expected)
     fresh_l2bn = convert_norm(timm.create_model(name, pretrained=False, num_classes=10), "l2bn")

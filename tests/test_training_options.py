@@ -13,8 +13,8 @@ from torchvision.transforms import v2
 
 from datamodules import DeviceImages, DigitsDataModule, ImageFolderDataModule
 from datamodules.device_images import crop_flip_params
-from l2bn_lit.lit.cli import main
 from l2bn_lit.lit.base import CheckpointMismatchError
+from l2bn_lit.lit.cli import main
 from l2bn_lit.nn.init import initialize
 from models import ImageClassifier, build_model
 from models.cifar_resnet import PaddedIdentity
@@ -33,7 +33,11 @@ def _conv(bias: bool = True) -> nn.Conv2d:
 
 @pytest.mark.parametrize(
     "scheme,std",
-    [("torch", 1 / math.sqrt(3 * 576)), ("kaiming_fan_out", math.sqrt(2 / 1152)), ("kaiming_fan_in", math.sqrt(2 / 576))],
+    [
+        ("torch", 1 / math.sqrt(3 * 576)),
+        ("kaiming_fan_out", math.sqrt(2 / 1152)),
+        ("kaiming_fan_in", math.sqrt(2 / 576)),
+    ],
 )
 def test_init_schemes_draw_weights_of_the_documented_scale(scheme, std):
     torch.manual_seed(0)
@@ -74,8 +78,13 @@ def test_model_init_option_replaces_the_resnets_kaiming_fan_out():
 @pytest.mark.parametrize("norm_wd,bias_wd", [(0.0, 0.0), (None, None), (1e-3, 0.0), (0.0, None)])
 def test_norm_and_bias_weight_decay(norm_wd, bias_wd):
     model = ImageClassifier(
-        num_classes=10, input_shape=[1, 8, 8], arch="small_cnn", norm="l2bn", weight_decay=5e-4,
-        norm_weight_decay=norm_wd, bias_weight_decay=bias_wd,
+        num_classes=10,
+        input_shape=[1, 8, 8],
+        arch="small_cnn",
+        norm="l2bn",
+        weight_decay=5e-4,
+        norm_weight_decay=norm_wd,
+        bias_weight_decay=bias_wd,
     )
     decay_of = {id(p): g["weight_decay"] for g in model.parameter_groups() for p in g["params"]}
     expected_norm = 5e-4 if norm_wd is None else norm_wd
@@ -145,15 +154,47 @@ def test_val_fraction_zero_trains_on_every_sample():
         DigitsDataModule(val_fraction=1.0)
 
 
-FIT = ["fit", "--model", "models.ImageClassifier", "--model.arch", "small_cnn", "--data", "datamodules.DigitsDataModule",
-       "--trainer.accelerator", "cpu", "--trainer.max_epochs", "2", "--trainer.enable_progress_bar", "false",
-       "--seed_everything", "0", "--test_after_fit", "true"]
+FIT = [
+    "fit",
+    "--model",
+    "models.ImageClassifier",
+    "--model.arch",
+    "small_cnn",
+    "--data",
+    "datamodules.DigitsDataModule",
+    "--trainer.accelerator",
+    "cpu",
+    "--trainer.max_epochs",
+    "2",
+    "--trainer.enable_progress_bar",
+    "false",
+    "--seed_everything",
+    "0",
+    "--test_after_fit",
+    "true",
+]
 
 
 def _test_acc_of(ckpt, tmp_path) -> float:
-    cli = main(["test", "--model", "models.ImageClassifier", "--data", "datamodules.DigitsDataModule",
-                "--trainer.accelerator", "cpu", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-                "--ckpt_path", str(ckpt), "--trainer.default_root_dir", str(tmp_path)])
+    cli = main(
+        [
+            "test",
+            "--model",
+            "models.ImageClassifier",
+            "--data",
+            "datamodules.DigitsDataModule",
+            "--trainer.accelerator",
+            "cpu",
+            "--trainer.logger",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--ckpt_path",
+            str(ckpt),
+            "--trainer.default_root_dir",
+            str(tmp_path),
+        ]
+    )
     return float(cli.trainer.callback_metrics["test/acc"])
 
 

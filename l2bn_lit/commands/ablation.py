@@ -4,11 +4,12 @@
         --cell baseline= --cell init_torch="--model.init_args.init torch" [--cell ...] \\
         [--norms bn l2bn] [--parallel K] [-- OPTIONS FOR EVERY RUN]
 
-Each cell is a sweep (``l2bn sweep``, :mod:`l2bn_lit.commands.sweep`, in its own process) run into ``OUT/<cell>`` with the common options, then the cell's own
-(finished runs are kept, so an interrupted ablation resumes; ``--report-only`` only tabulates). Writes
-``OUT/ablation.md`` and ``OUT/ablation.csv``: per cell and norm the mean and std of the metric, the
-paired difference of each norm against the first (by seed, 95% Student-t interval), and how that
-difference moved against the first cell's, paired by seed as well (a difference of differences).
+Each cell is a sweep (``l2bn sweep``, :mod:`l2bn_lit.commands.sweep`, in its own process) run into
+``OUT/<cell>`` with the common options, then the cell's own (finished runs are kept, so an interrupted
+ablation resumes; ``--report-only`` only tabulates). Writes ``OUT/ablation.md`` and
+``OUT/ablation.csv``: per cell and norm the mean and std of the metric, the paired difference of each
+norm against the first (by seed, 95% Student-t interval), and how that difference moved against the
+first cell's, paired by seed as well (a difference of differences).
 """
 
 from __future__ import annotations
@@ -61,8 +62,13 @@ def run_sweep(argv: list[str]) -> None:
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
-    parser.add_argument("--cell", action="append", required=True, metavar="NAME=OPTIONS",
-                        help="a cell: its name and its CLI options (shell-quoted; empty for the baseline); the first is the reference")
+    parser.add_argument(
+        "--cell",
+        action="append",
+        required=True,
+        metavar="NAME=OPTIONS",
+        help="a cell: its name and its CLI options (shell-quoted; empty for the baseline); the first is the reference",
+    )
     parser.add_argument("--norms", nargs="+", default=["bn", "l2bn"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--out", default="runs/ablation")
@@ -76,7 +82,10 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     for item in args.cell:
         name, sep, options = item.partition("=")
         if not sep or not name or "/" in name:
-            raise SystemExit(f"--cell {item!r}: give NAME=OPTIONS (NAME a folder name), e.g. init_torch='--model.init_args.init torch'")
+            raise SystemExit(
+                f"--cell {item!r}: give NAME=OPTIONS (NAME a folder name), e.g. "
+                "init_torch='--model.init_args.init torch'"
+            )
         cells[name] = shlex.split(options)
     out = Path(args.out)
     norms = [norm_label(*parse_arm(arm)) for arm in args.norms]
@@ -84,19 +93,58 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     for name, options in cells.items():
         folder = out / name
         if not args.report_only:
-            sweep_args = ["--config", args.config, "--norms", *args.norms, "--seeds", *map(str, args.seeds), "--out", str(folder),
-                          "--metrics", args.metric, "--parallel", str(args.parallel), "--", *common, *options]
+            sweep_args = [
+                "--config",
+                args.config,
+                "--norms",
+                *args.norms,
+                "--seeds",
+                *map(str, args.seeds),
+                "--out",
+                str(folder),
+                "--metrics",
+                args.metric,
+                "--parallel",
+                str(args.parallel),
+                "--",
+                *common,
+                *options,
+            ]
             run_sweep(sweep_args)
         if not (folder / "sweep.csv").is_file():
             raise SystemExit(f"cell {name}: {folder / 'sweep.csv'} missing (run without --report-only)")
         results[name] = pd.read_csv(folder / "sweep.csv")
     table = ablation_table(results, norms, args.metric)
     table.to_csv(out / "ablation.csv", index=False)
-    command = shlex.join(["l2bn", "ablation", "--config", args.config, *[f"--cell={c}" for c in args.cell],
-                          "--norms", *args.norms, "--seeds", *map(str, args.seeds), "--", *common])
+    command = shlex.join(
+        [
+            "l2bn",
+            "ablation",
+            "--config",
+            args.config,
+            *[f"--cell={c}" for c in args.cell],
+            "--norms",
+            *args.norms,
+            "--seeds",
+            *map(str, args.seeds),
+            "--",
+            *common,
+        ]
+    )
     cell_lines = [f"- `{name}`: `{shlex.join(options) or '(the config as it is)'}`" for name, options in cells.items()]
-    report = "\n".join([f"# Ablation: {args.config}, {args.metric}", "", f"Command: `{command}`", "", "Cells:", *cell_lines, "",
-                        table.to_markdown(index=False, floatfmt=".4f"), ""])
+    report = "\n".join(
+        [
+            f"# Ablation: {args.config}, {args.metric}",
+            "",
+            f"Command: `{command}`",
+            "",
+            "Cells:",
+            *cell_lines,
+            "",
+            table.to_markdown(index=False, floatfmt=".4f"),
+            "",
+        ]
+    )
     (out / "ablation.md").write_text(report)
     print(report)
     return table

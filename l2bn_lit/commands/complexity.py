@@ -1,6 +1,6 @@
 """A config's model against the deployment limits, before training it.
 
-    l2bn complexity --config configs/<x>.yaml [--bits 16] [--limits dcase|none] [other CLI options]
+l2bn complexity --config configs/<x>.yaml [--bits 16] [--limits dcase|none] [other CLI options]
 """
 
 from __future__ import annotations
@@ -38,8 +38,10 @@ def main(argv: list[str] | None = None) -> dict[str, int]:
         print(f"DCASE Task 1 limits (128 kB parameters, 30 M MACs{clip}):\n{lines}")
         print("within the limits" if within else "OVER the limits: this model cannot be submitted as it is")
         if "l2bn_inference_macs" in report:
-            print(f"(a reviewer counting with torchinfo alone sees {report.get('macs_network', report['macs']):,} MACs: "
-                  "L2BN's per-sample norms are not in that count, and are in the verdict above)")
+            print(
+                f"(a reviewer counting with torchinfo alone sees {report.get('macs_network', report['macs']):,} MACs: "
+                "L2BN's per-sample norms are not in that count, and are in the verdict above)"
+            )
     return report
 
 

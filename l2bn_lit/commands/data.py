@@ -2,7 +2,8 @@
 
     l2bn data list [--sizes] [--mirror URL]
     l2bn data download DATASET --root DIR [--mirror URL] [--keep-archives]
-    l2bn data check --root DIR [--lists evaluation_setup/fold1_train.csv ...] [--sample-rate 44100 --channels 1 --labels ...]
+    l2bn data check --root DIR [--lists evaluation_setup/fold1_train.csv ...]
+        [--sample-rate 44100 --channels 1 --labels ...]
 
 ``download`` (:mod:`datamodules.tau_download`) resumes interrupted files, checks every archive's MD5
 before extracting it and leaves ``DIR`` in the layout the TAU datamodule reads. ``check``
@@ -31,7 +32,9 @@ def _list(args: argparse.Namespace) -> int:
             files = f"{len(remotes):3d} files, {sum(r.md5 is not None for r in remotes):2d} with MD5"
             if args.sizes:
                 sizes = [remote_size(r) for r in remotes]
-                files += f", {sum(s or 0 for s in sizes) / 2**30:6.2f} GiB" + ("" if all(s is not None for s in sizes) else "+")
+                files += f", {sum(s or 0 for s in sizes) / 2**30:6.2f} GiB" + (
+                    "" if all(s is not None for s in sizes) else "+"
+                )
         except (ImportError, DownloadError) as error:
             files = f"({error})"
         print(f"{spec.name:22s} {files}  {spec.description}")
@@ -68,13 +71,26 @@ def _check(args: argparse.Namespace) -> int:
         print(f"== {report.list_path}: {report.rows} rows, {status}")
         if report.error:
             print(f"   error: {report.error}")
-        for label, items in (("missing", report.missing), ("unreadable", report.unreadable), ("duplicate", report.duplicates)):
+        for label, items in (
+            ("missing", report.missing),
+            ("unreadable", report.unreadable),
+            ("duplicate", report.duplicates),
+        ):
             _print_items(label, items, args.show)
-        truncated = [f"{name} (header: {declared} frames, file holds {present})" for name, declared, present in report.truncated]
+        truncated = [
+            f"{name} (header: {declared} frames, file holds {present})" for name, declared, present in report.truncated
+        ]
         rates = [f"{name} ({rate} Hz, not {spec.sample_rate})" for name, rate in report.other_rates]
         channels = [f"{name} ({count} channels, not {spec.channels})" for name, count in report.other_channels]
-        labels = [f"{label!r} ({rows} rows, e.g. {name}): not one of --labels" for label, rows, name in report.unknown_labels]
-        for label, items in (("truncated", truncated), ("sample rate", rates), ("channels", channels), ("label", labels)):
+        labels = [
+            f"{label!r} ({rows} rows, e.g. {name}): not one of --labels" for label, rows, name in report.unknown_labels
+        ]
+        for label, items in (
+            ("truncated", truncated),
+            ("sample rate", rates),
+            ("channels", channels),
+            ("label", labels),
+        ):
             _print_items(label, items, args.show)
         if report.counts is not None and not report.counts.empty:
             print(report.counts.to_markdown())
@@ -89,7 +105,9 @@ def _print_items(label: str, items: list[str], show: int) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="l2bn data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="l2bn data", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     listing = commands.add_parser("list", help="the data sets download knows")
     listing.add_argument("--sizes", action="store_true", help="ask the server for each file's size (HTTP HEAD)")
@@ -102,11 +120,27 @@ def main(argv: list[str] | None = None) -> int:
     fetch.add_argument("--quiet", action="store_true", help="no progress output")
     check = commands.add_parser("check", help="report missing, unreadable, truncated and duplicate files")
     check.add_argument("--root", required=True)
-    check.add_argument("--lists", nargs="+", help="file lists relative to root (default: every csv in evaluation_setup/ and split_setup/)")
+    check.add_argument(
+        "--lists",
+        nargs="+",
+        help="file lists relative to root (default: every csv in evaluation_setup/ and split_setup/)",
+    )
     check.add_argument("--show", type=int, default=10, help="problems shown per kind and list")
-    check.add_argument("--sample-rate", type=int, default=TAU_MOBILE.sample_rate, help="every clip's sample rate (Hz; TAU Mobile: 44100)")
-    check.add_argument("--channels", type=int, default=TAU_MOBILE.channels, help="every clip's channel count (TAU Mobile: 1)")
-    check.add_argument("--labels", nargs="+", default=list(TAU_MOBILE.scene_labels), help="the scene labels (default: the ten TAU scenes)")
+    check.add_argument(
+        "--sample-rate",
+        type=int,
+        default=TAU_MOBILE.sample_rate,
+        help="every clip's sample rate (Hz; TAU Mobile: 44100)",
+    )
+    check.add_argument(
+        "--channels", type=int, default=TAU_MOBILE.channels, help="every clip's channel count (TAU Mobile: 1)"
+    )
+    check.add_argument(
+        "--labels",
+        nargs="+",
+        default=list(TAU_MOBILE.scene_labels),
+        help="the scene labels (default: the ten TAU scenes)",
+    )
     args = parser.parse_args(argv)
     if args.command == "list":
         return _list(args)

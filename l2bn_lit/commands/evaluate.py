@@ -70,7 +70,9 @@ def find_checkpoints(paths: list[str]) -> list[Path]:
     return found
 
 
-def _metrics(probs: np.ndarray, labels: np.ndarray, devices: list[str] | None, known: set[str], class_names: list[str]) -> dict[str, float]:
+def _metrics(
+    probs: np.ndarray, labels: np.ndarray, devices: list[str] | None, known: set[str], class_names: list[str]
+) -> dict[str, float]:
     report = dcase_report(probs, labels, devices or ["-"] * len(labels), class_names)
     row = dict(zip(report.summary["metric"], report.summary["value"]))
     row.pop("support", None)
@@ -79,7 +81,9 @@ def _metrics(probs: np.ndarray, labels: np.ndarray, devices: list[str] | None, k
         for label, mask in (("known devices", seen), ("unknown devices", ~seen)):
             if mask.any():
                 part = dcase_report(probs[mask], labels[mask], list(np.asarray(devices)[mask]), class_names).summary
-                row[f"macro accuracy, {label}"] = float(part.set_index("metric").loc["macro class-wise accuracy", "value"])
+                row[f"macro accuracy, {label}"] = float(
+                    part.set_index("metric").loc["macro class-wise accuracy", "value"]
+                )
     return row
 
 
@@ -114,17 +118,39 @@ def evaluate_checkpoints(
 
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     argv = sys.argv[1:] if argv is None else list(argv)
-    parser = argparse.ArgumentParser(prog="l2bn evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoints", nargs="+", help="checkpoint files or run/sweep folders (with --device-model: the first is the general model)")
-    parser.add_argument("--out", default="runs/evaluate", help="folder for leaderboard.md/csv (and output.csv with --split predict)")
-    parser.add_argument("--split", choices=("test", "val", "predict"), default="test",
-                        help="predict: the unlabeled predict list; writes the challenge's output.csv")
-    parser.add_argument("--device-model", action="append", default=[], metavar="DEVICE=CKPT",
-                        help="DCASE 2025 device-specific model (repeat per device): clips of DEVICE go to CKPT, others to the general model")
+    parser = argparse.ArgumentParser(
+        prog="l2bn evaluate", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "checkpoints",
+        nargs="+",
+        help="checkpoint files or run/sweep folders (with --device-model: the first is the general model)",
+    )
+    parser.add_argument(
+        "--out", default="runs/evaluate", help="folder for leaderboard.md/csv (and output.csv with --split predict)"
+    )
+    parser.add_argument(
+        "--split",
+        choices=("test", "val", "predict"),
+        default="test",
+        help="predict: the unlabeled predict list; writes the challenge's output.csv",
+    )
+    parser.add_argument(
+        "--device-model",
+        action="append",
+        default=[],
+        metavar="DEVICE=CKPT",
+        help="DCASE 2025 device-specific model (repeat per device): clips of DEVICE go to CKPT, "
+        "others to the general model",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--precision", choices=("auto", "32", "16", "bf16"), default="auto",
-                        help="the precision of the network on the features (auto: 16 for the DCASE audio models, as the "
-                        "baselines ship them with model.half(); 32 for image models)")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "32", "16", "bf16"),
+        default="auto",
+        help="the precision of the network on the features (auto: 16 for the DCASE audio models, as the "
+        "baselines ship them with model.half(); 32 for image models)",
+    )
     own, cli_args = _split_args(parser, argv)
     cli = cli_main(cli_args, run=False)
     data = cli.datamodule
@@ -169,12 +195,23 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     sizes = {id(model): _size(model) for model in models}  # once per model: each costs a counted forward pass
     rows = []
     for name, model, p in candidates:
-        size = sizes[id(model)] if model is not None else {"parameters": None, "parameter memory (B)": None, "MACs": None}
-        rows.append({"checkpoint": name, "norm": model.hparams.norm if model is not None else "-", "precision": precision,
-                     **_metrics(p, labels, devices, known, class_names), **size})
+        size = (
+            sizes[id(model)] if model is not None else {"parameters": None, "parameter memory (B)": None, "MACs": None}
+        )
+        rows.append(
+            {
+                "checkpoint": name,
+                "norm": model.hparams.norm if model is not None else "-",
+                "precision": precision,
+                **_metrics(p, labels, devices, known, class_names),
+                **size,
+            }
+        )
     if routes:  # the device-specific system: the limits hold per device model, so its figures are the largest model's
         system = [sizes[id(m)] for m in [models[0], *models[len(paths) :]]]
-        rows[-1].update({key: max(size[key] for size in system) for key in ("parameters", "parameter memory (B)", "MACs")})
+        rows[-1].update(
+            {key: max(size[key] for size in system) for key in ("parameters", "parameter memory (B)", "MACs")}
+        )
     elif len(paths) > 1:  # the ensemble runs every model on each clip
         rows[-1].update({key: sum(r[key] for r in rows[:-1]) for key in ("parameters", "parameter memory (B)", "MACs")})
     table = pd.DataFrame(rows)
@@ -189,7 +226,11 @@ def _size(model: ClassificationModule) -> dict[str, int]:
     """Parameters, their memory at their actual dtype (the precision they run at) and MACs (torchinfo's,
     plus L2BN's per-sample norms)."""
     report = complexity_report(model, list(model.hparams.input_shape))
-    return {"parameters": report["parameters"], "parameter memory (B)": report["parameter_bytes"], "MACs": report["macs_for_limits"]}
+    return {
+        "parameters": report["parameters"],
+        "parameter memory (B)": report["parameter_bytes"],
+        "MACs": report["macs_for_limits"],
+    }
 
 
 def _set_precision(models: list[ClassificationModule], precision: str) -> str:
@@ -199,13 +240,17 @@ def _set_precision(models: list[ClassificationModule], precision: str) -> str:
         precision = "16" if audio else "32"
     if precision != "32":
         if not audio:
-            raise ValueError(f"--precision {precision} is for the DCASE audio models; evaluate image models at --precision 32")
+            raise ValueError(
+                f"--precision {precision} is for the DCASE audio models; evaluate image models at --precision 32"
+            )
         for model in models:
             model.set_inference_precision(precision)
     return precision
 
 
-def _routed(general: np.ndarray, by_device: dict[str, np.ndarray], devices: list[str] | None, files: list[str] | None = None) -> np.ndarray:
+def _routed(
+    general: np.ndarray, by_device: dict[str, np.ndarray], devices: list[str] | None, files: list[str] | None = None
+) -> np.ndarray:
     """Each clip's probabilities from its device's model, or from the general model (a device no model
     is routed to). A clip whose list gives no device is an error naming it: sending it to the general
     model would silently evaluate another system than the one described."""

@@ -8,8 +8,9 @@ SEED --test_after_fit true`` plus the options after ``--`` (a norm given as ``l2
 also passes ``--model.init_args.norm_options '{"rescale": true}'``), each in a fresh process, one after
 another or ``--parallel K`` at a time (small models leave a GPU mostly idle: several runs share it
 well), and ``--dry-run`` prints the commands, for a cluster's job array. Run folders are
-``OUT/<norm>/seed<seed>`` (``OUT/l2bn-rescale=true/seed0``); a run whose test metrics are already there is not run again,
-and an interrupted one continues from its ``last.ckpt``, so an interrupted sweep resumes. ``--analysis`` adds the :mod:`l2bn_lit.lit.callbacks` to every run
+``OUT/<norm>/seed<seed>`` (``OUT/l2bn-rescale=true/seed0``); a run whose test metrics are already there
+is not run again, and an interrupted one continues from its ``last.ckpt``, so an interrupted sweep
+resumes. ``--analysis`` adds the callbacks of :mod:`l2bn_lit.lit.callbacks` to every run
 and draws their curves per norm (mean over seeds) into ``OUT/compare_*.png``.
 
 Writes ``OUT/sweep.csv`` (one row per run) and ``OUT/sweep.md``: mean +- std per norm and, for every
@@ -46,17 +47,33 @@ def run_folder_name(arm: str) -> str:
     return norm_label(norm, options).replace(":", "-").replace('"', "")
 
 
-def run_command(config: str, arm: str, seed: int, out: Path, analysis: bool, extra: list[str], resume: Path | None = None) -> list[str]:
+def run_command(
+    config: str, arm: str, seed: int, out: Path, analysis: bool, extra: list[str], resume: Path | None = None
+) -> list[str]:
     """The CLI command of one run of the sweep: ``arm`` is a norm, optionally with options; ``resume``:
     the run's ``last.ckpt`` to continue from (its metrics.csv kept up to that checkpoint)."""
     norm, options = parse_arm(arm)
-    logger = {"class_path": "l2bn_lit.lit.csv_logger.RunCSVLogger",
-              "init_args": {"save_dir": str(out), "name": run_folder_name(arm), "version": f"seed{seed}"}}
+    logger = {
+        "class_path": "l2bn_lit.lit.csv_logger.RunCSVLogger",
+        "init_args": {"save_dir": str(out), "name": run_folder_name(arm), "version": f"seed{seed}"},
+    }
     if resume is not None:
         logger["init_args"]["resume_step"] = load_checkpoint(resume)["global_step"]
     command = [
-        sys.executable, "-m", "l2bn_lit", "fit", "--config", config, "--model.init_args.norm", norm,
-        "--seed_everything", str(seed), "--test_after_fit", "true", "--trainer.logger", json.dumps(logger),
+        sys.executable,
+        "-m",
+        "l2bn_lit",
+        "fit",
+        "--config",
+        config,
+        "--model.init_args.norm",
+        norm,
+        "--seed_everything",
+        str(seed),
+        "--test_after_fit",
+        "true",
+        "--trainer.logger",
+        json.dumps(logger),
         *(["--ckpt_path", str(resume)] if resume is not None else []),
     ]
     if options:
@@ -78,14 +95,28 @@ def _measures_by_norm(summary: pd.DataFrame) -> pd.DataFrame:
     """The analysis summary turned into one row per measure and a ``mean +- std`` column per norm."""
     measures = [c[: -len(" mean")] for c in summary.columns if c.endswith(" mean")]
     return pd.DataFrame(
-        {row["norm"]: [f"{row[f'{m} mean']:.4f} +- {row[f'{m} std']:.4f}" for m in measures] for _, row in summary.iterrows()},
+        {
+            row["norm"]: [f"{row[f'{m} mean']:.4f} +- {row[f'{m} std']:.4f}" for m in measures]
+            for _, row in summary.iterrows()
+        },
         index=pd.Index(measures, name="measure"),
     )
 
 
 def _sweep_command(args: argparse.Namespace) -> str:
     """The command line that reproduces this sweep (shell-quoted; ``--out`` left to the reader)."""
-    argv = ["python", "-m", "l2bn_lit", "sweep", "--config", args.config, "--norms", *args.norms, "--seeds", *map(str, args.seeds)]
+    argv = [
+        "python",
+        "-m",
+        "l2bn_lit",
+        "sweep",
+        "--config",
+        args.config,
+        "--norms",
+        *args.norms,
+        "--seeds",
+        *map(str, args.seeds),
+    ]
     argv += ["--analysis"] if args.analysis else []
     return shlex.join(argv + (["--", *args.cli] if args.cli else []))
 
@@ -97,7 +128,8 @@ def _report(args: argparse.Namespace, runs: pd.DataFrame, analysis: pd.DataFrame
         f"# Sweep: {args.config}",
         "",
         f"Command: `{_sweep_command(args)}`",
-        f"Machine: torch {torch.__version__}, {'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}, "
+        f"Machine: torch {torch.__version__}, "
+        f"{'CUDA ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}, "
         f"{torch.get_num_threads()} threads.",
         "",
         "## Per norm (mean, sample std)",
@@ -108,8 +140,16 @@ def _report(args: argparse.Namespace, runs: pd.DataFrame, analysis: pd.DataFrame
         "",
         pairs.to_markdown(index=False, floatfmt=".4f") if len(pairs) else "(one norm: nothing to compare)",
         "",
-        *(["## Analysis: mean +- std over seeds (l2bn_lit.reports.runs.analysis_summary)", "",
-            _measures_by_norm(analysis).to_markdown(), ""] if analysis is not None else []),
+        *(
+            [
+                "## Analysis: mean +- std over seeds (l2bn_lit.reports.runs.analysis_summary)",
+                "",
+                _measures_by_norm(analysis).to_markdown(),
+                "",
+            ]
+            if analysis is not None
+            else []
+        ),
         "## Runs",
         "",
         runs.to_markdown(index=False, floatfmt=".4f"),
@@ -138,7 +178,9 @@ def _run_all(pending: list[tuple[str, int, Path, list[str]]], out: Path, paralle
                 running.remove(job)
                 norm, seed, process, log_path, start = job
                 if process.returncode:
-                    raise SystemExit(f"[sweep] {norm} seed {seed} failed (exit {process.returncode}); its output: {log_path}")
+                    raise SystemExit(
+                        f"[sweep] {norm} seed {seed} failed (exit {process.returncode}); its output: {log_path}"
+                    )
                 print(f"[sweep] {norm} seed {seed}: {time.perf_counter() - start:.0f} s ({log_path})", flush=True)
     finally:
         for _, _, process, _, _ in running:
@@ -149,8 +191,13 @@ def _run_all(pending: list[tuple[str, int, Path, list[str]]], out: Path, paralle
 def main(argv: list[str] | None = None) -> pd.DataFrame:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True)
-    parser.add_argument("--norms", nargs="+", default=["bn", "l2bn"],
-                        help="norms, each optionally with options (l2bn:rescale=true); the first is the baseline of the paired differences")
+    parser.add_argument(
+        "--norms",
+        nargs="+",
+        default=["bn", "l2bn"],
+        help="norms, each optionally with options (l2bn:rescale=true); "
+        "the first is the baseline of the paired differences",
+    )
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--out", help="sweep folder (default runs/sweep_<config name>)")
     parser.add_argument("--metrics", nargs="+", default=["test/acc", "test/acc_macro"])
@@ -186,7 +233,9 @@ def main(argv: list[str] | None = None) -> pd.DataFrame:
     # this sweep's runs only: an interrupted run of another seed in the same folder is not one of them
     requested = {(run_folder_name(norm), f"seed{seed}") for norm in args.norms for seed in args.seeds}
     runs = collect_runs(out, args.metrics, only=lambda run: tuple(Path(run).parts[:2]) in requested)
-    arms = {run_folder_name(norm): norm for norm in args.norms}  # by folder: a config's own norm_options stay out of the label
+    arms = {
+        run_folder_name(norm): norm for norm in args.norms
+    }  # by folder: a config's own norm_options stay out of the label
     runs["norm"] = [arms.get(Path(run).parts[0]) for run in runs["run"]]
     runs = runs[runs["norm"].notna() & runs["seed"].isin(args.seeds)].sort_values(["norm", "seed"])
     runs.to_csv(out / "sweep.csv", index=False)

@@ -44,8 +44,12 @@ def _imports(path: Path, module: str) -> list[tuple[ast.stmt, str, bool]]:
     and whether it runs on import (``False``: inside a function, imported lazily when called)."""
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     tree = ast.parse(path.read_text(), str(path))
-    lazy = {id(node) for function in ast.walk(tree) if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef))
-            for node in ast.walk(function)}
+    lazy = {
+        id(node)
+        for function in ast.walk(tree)
+        if isinstance(function, (ast.FunctionDef, ast.AsyncFunctionDef))
+        for node in ast.walk(function)
+    }
     found = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
@@ -55,7 +59,11 @@ def _imports(path: Path, module: str) -> list[tuple[ast.stmt, str, bool]]:
                 base = package.split(".")[: len(package.split(".")) - node.level + 1]
                 target = ".".join(base + ([node.module] if node.module else []))
                 # ``from . import x`` may name submodules: each is a module the file needs
-                found.extend((node, f"{target}.{alias.name}") for alias in node.names if _module_file(f"{target}.{alias.name}").is_file())
+                found.extend(
+                    (node, f"{target}.{alias.name}")
+                    for alias in node.names
+                    if _module_file(f"{target}.{alias.name}").is_file()
+                )
                 found.append((node, target))
             else:
                 found.append((node, node.module or ""))
@@ -75,17 +83,24 @@ def _closure(roots: list[str]) -> set[str]:
         for node, target, eager in _imports(path, module):
             top, prefix = target.split(".")[0], _carried_prefix(target)
             relative = isinstance(node, ast.ImportFrom) and node.level > 0
-            foreign = top in ("l2bn_lit", "datamodules") or (top not in sys.stdlib_module_names and top not in ALLOWED_THIRD_PARTY)
+            foreign = top in ("l2bn_lit", "datamodules") or (
+                top not in sys.stdlib_module_names and top not in ALLOWED_THIRD_PARTY
+            )
             if prefix is None and foreign and eager:
-                raise VendorError(f"{where}:{node.lineno}: imports {target}, which the inference package cannot carry "
-                                  f"(it carries l2bn_lit.nn, models/ files, the standard library and {', '.join(ALLOWED_THIRD_PARTY)})")
+                raise VendorError(
+                    f"{where}:{node.lineno}: imports {target}, which the inference package cannot carry "
+                    "(it carries l2bn_lit.nn, models/ files, the standard library and "
+                    f"{', '.join(ALLOWED_THIRD_PARTY)})"
+                )
             if prefix is None or not eager:  # a lazy import of project code: an optional path (e.g. the Triton kernels)
                 continue
             if isinstance(node, ast.Import):
                 raise VendorError(f"{where}:{node.lineno}: 'import {target}': write 'from {target} import ...'")
             if target == "models" and not relative:  # its __init__ re-exports the LightningModules
-                raise VendorError(f"{where}:{node.lineno}: imports from the models package itself; import from the file "
-                                  "that defines the name (models.<file>)")
+                raise VendorError(
+                    f"{where}:{node.lineno}: imports from the models package itself; import from the file "
+                    "that defines the name (models.<file>)"
+                )
             if target != "models":
                 todo.append(target)
     return needed
@@ -97,7 +112,7 @@ def _rewrite(source: str, path: Path, module: str, package: str) -> str:
     for node, target, _ in _imports(path, module):
         if isinstance(node, ast.ImportFrom) and not node.level and _carried_prefix(target):
             prefix = _carried_prefix(target)
-            new = f"{package}.{_CARRIED[prefix]}{target[len(prefix):]}"
+            new = f"{package}.{_CARRIED[prefix]}{target[len(prefix) :]}"
             line = lines[node.lineno - 1]
             lines[node.lineno - 1] = line.replace(f"from {target} import", f"from {new} import", 1)
     return "".join(lines)
@@ -112,7 +127,11 @@ def vendor_network_code(roots: list[str], dest: Path, package: str) -> list[str]
     for module in sorted(_closure(roots)):
         path = _module_file(module)
         prefix = _carried_prefix(module)
-        relative = Path(_CARRIED[prefix], *module[len(prefix) + 1 :].split(".")) if module != prefix else Path(_CARRIED[prefix])
+        relative = (
+            Path(_CARRIED[prefix], *module[len(prefix) + 1 :].split("."))
+            if module != prefix
+            else Path(_CARRIED[prefix])
+        )
         target = dest / (relative / "__init__.py" if path.name == "__init__.py" else relative.with_suffix(".py"))
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(_rewrite(path.read_text(), path, module, package))
@@ -120,6 +139,8 @@ def vendor_network_code(roots: list[str], dest: Path, package: str) -> list[str]
     for folder in ("", "models"):
         init = dest / folder / "__init__.py"
         if not init.exists():
-            init.write_text('"""Network code carried from l2bn-lit (written by l2bn package; edit the project, not this copy)."""\n')
+            init.write_text(
+                '"""Network code carried from l2bn-lit (written by l2bn package; edit the project, not this copy)."""\n'
+            )
             written.append(str(init.relative_to(dest)))
     return sorted(written)

@@ -10,11 +10,10 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
+from l2bn_lit.reports.dcase_scores import dcase_report, write_submission
 from models.audio import LogMelClassifier, build_audio_model
 from models.audio_augment import FreqMixStyle, SpecAugment, TimeRoll, WaveRoll
 from models.frontend import LogMel, LogMelSettings
-
-from l2bn_lit.reports.dcase_scores import dcase_report, write_submission
 
 from .base import ClassificationModule, run_folder
 
@@ -63,7 +62,14 @@ class AudioSceneClassifier(ClassificationModule):
         **kwargs: :class:`~l2bn_lit.lit.base.ClassificationModule` options (init, optimizer, mixup, ...).
     """
 
-    architecture_keys = (*ClassificationModule.architecture_keys, "arch", "arch_options", "norm", "norm_options", "frontend")
+    architecture_keys = (
+        *ClassificationModule.architecture_keys,
+        "arch",
+        "arch_options",
+        "norm",
+        "norm_options",
+        "frontend",
+    )
 
     def __init__(
         self,
@@ -92,11 +98,19 @@ class AudioSceneClassifier(ClassificationModule):
         if mask_value == "floor" and settings.log != "log":
             raise ValueError("mask_value floor fills masks with log(log_floor): it needs frontend.log: log (not db)")
         roll = [TimeRoll()] if time_roll else []
-        augment = nn.Sequential(*roll, SpecAugment(freq_mask, time_mask, freq_masks, math.log(settings.log_floor) if mask_value == "floor" else 0.0),
-                                FreqMixStyle(mixstyle_p, mixstyle_alpha))
-        network = LogMelClassifier(LogMel(sample_rate, settings), augment,
-                                   build_audio_model(arch, num_classes, norm, norm_options, arch_options),
-                                   WaveRoll(round(roll_seconds * sample_rate)) if roll_seconds else None)
+        augment = nn.Sequential(
+            *roll,
+            SpecAugment(
+                freq_mask, time_mask, freq_masks, math.log(settings.log_floor) if mask_value == "floor" else 0.0
+            ),
+            FreqMixStyle(mixstyle_p, mixstyle_alpha),
+        )
+        network = LogMelClassifier(
+            LogMel(sample_rate, settings),
+            augment,
+            build_audio_model(arch, num_classes, norm, norm_options, arch_options),
+            WaveRoll(round(roll_seconds * sample_rate)) if roll_seconds else None,
+        )
         # the hyperparameter save_hyperparameters() reads from this frame: plain data, as checkpoints load weights-only
         frontend = asdict(settings)  # noqa: F841
         super().__init__(network, num_classes=num_classes, input_shape=input_shape, sample_rate=sample_rate, **kwargs)
@@ -106,7 +120,8 @@ class AudioSceneClassifier(ClassificationModule):
     @staticmethod
     def _frontend_settings(frontend: LogMelSettings | dict[str, Any] | None, kwargs: dict[str, Any]) -> LogMelSettings:
         """The settings from ``frontend`` (a dict when read back from a checkpoint), or from the separate
-        ``n_fft``, ``n_mels``, ... hyperparameters of a checkpoint written before ``frontend`` (taken out of ``kwargs``)."""
+        ``n_fft``, ``n_mels``, ... hyperparameters of a checkpoint written before ``frontend`` (taken out of
+        ``kwargs``)."""
         flat = {key: kwargs.pop(key) for key in _FLAT_FRONTEND_KEYS if key in kwargs}
         if flat and frontend is not None:
             raise ValueError(f"give the front-end settings as frontend: {{...}}, not also as {sorted(flat)}")
@@ -157,7 +172,9 @@ class AudioSceneClassifier(ClassificationModule):
         self._probs, self._labels = [], []
         folder = run_folder(self.trainer)
         if self.trainer.world_size > 1:
-            warnings.warn("the DCASE report needs every test clip in one process: run test with --trainer.devices 1", stacklevel=2)
+            warnings.warn(
+                "the DCASE report needs every test clip in one process: run test with --trainer.devices 1", stacklevel=2
+            )
             return
         test_set = self.trainer.datamodule.test_set
         files = test_set.files[: len(labels)]  # in order; fewer with limit_test_batches
@@ -176,7 +193,10 @@ class AudioSceneClassifier(ClassificationModule):
         self._probs = []
         folder = run_folder(self.trainer)
         if self.trainer.world_size > 1:
-            warnings.warn("the submission file needs every clip in one process: run predict with --trainer.devices 1", stacklevel=2)
+            warnings.warn(
+                "the submission file needs every clip in one process: run predict with --trainer.devices 1",
+                stacklevel=2,
+            )
             return
         folder.mkdir(parents=True, exist_ok=True)
         files = self.trainer.datamodule.predict_set.files[: len(probs)]

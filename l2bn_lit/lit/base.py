@@ -28,6 +28,7 @@ from l2bn_lit.serialization import load_checkpoint
 
 __all__ = ["ClassificationModule", "CheckpointMismatchError", "NonFiniteLossError", "check_top_k", "run_folder"]
 
+
 def run_folder(trainer: pl.Trainer) -> Path:
     """The run's folder (the first logger's, else ``default_root_dir``). Under DDP this is a
     collective (``trainer.log_dir`` broadcasts): every rank must call it, not only rank zero."""
@@ -55,7 +56,9 @@ def check_top_k(metrics: MetricCollection) -> None:
     for name in top_k:
         value = float(metrics[name].compute())
         if value < top1 - 1e-6:
-            raise RuntimeError(f"{prefix}{name}={value:.6f} is below {prefix}acc={top1:.6f}: the metrics were computed wrongly")
+            raise RuntimeError(
+                f"{prefix}{name}={value:.6f} is below {prefix}acc={top1:.6f}: the metrics were computed wrongly"
+            )
 
 
 class ClassificationModule(pl.LightningModule):
@@ -181,7 +184,9 @@ class ClassificationModule(pl.LightningModule):
         saved = self.saved_architecture(checkpoint.get("hyper_parameters", {}))
         mismatches = architecture_mismatches(dict(self.hparams), saved, self.architecture_keys)
         if mismatches:
-            raise CheckpointMismatchError(f"init_from={path}: the checkpoint's network differs from this model's: {mismatches}")
+            raise CheckpointMismatchError(
+                f"init_from={path}: the checkpoint's network differs from this model's: {mismatches}"
+            )
         state = {k.removeprefix("network."): v for k, v in checkpoint["state_dict"].items() if k.startswith("network.")}
         self.network.load_state_dict(state)
 
@@ -297,7 +302,13 @@ class ClassificationModule(pl.LightningModule):
         for module in self.network.modules():
             for param in module.parameters(recurse=False):
                 if param.requires_grad:
-                    decay = norm_decay if isinstance(module, NORM_TYPES) else bias_decay if param.ndim <= 1 else hp.weight_decay
+                    decay = (
+                        norm_decay
+                        if isinstance(module, NORM_TYPES)
+                        else bias_decay
+                        if param.ndim <= 1
+                        else hp.weight_decay
+                    )
                     groups.setdefault(decay, []).append(param)
         return [{"params": params, "weight_decay": decay} for decay, params in groups.items() if params]
 
@@ -307,7 +318,10 @@ class ClassificationModule(pl.LightningModule):
             return None
         if hp.schedule == "multistep":
             milestones = hp.milestones if hp.milestones is not None else [100, 150]
-            return {"scheduler": torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, hp.gamma), "interval": "epoch"}
+            return {
+                "scheduler": torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, hp.gamma),
+                "interval": "epoch",
+            }
         total = int(self.trainer.estimated_stepping_batches)
         if hp.schedule == "onecycle":
             scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -321,7 +335,10 @@ class ClassificationModule(pl.LightningModule):
             )
             return {"scheduler": scheduler, "interval": "step"}
         if hp.warmup_steps is not None:  # the DCASE 2024/2025 baselines' schedule
-            return {"scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(hp.warmup_steps, total)), "interval": "step"}
+            return {
+                "scheduler": torch.optim.lr_scheduler.LambdaLR(optimizer, WarmupCosine(hp.warmup_steps, total)),
+                "interval": "step",
+            }
         warmup = min(int(hp.warmup_epochs * steps_per_epoch), total - 1)
         cosine = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
         if warmup == 0:

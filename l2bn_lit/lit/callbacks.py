@@ -102,12 +102,16 @@ class FeatureNormMonitor(_HistoryCallback):
 
         return record
 
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
         self._step = trainer.global_step  # the optimizer step this batch makes (global_step counts it at batch end)
         self._active = self._step % self.every_n_steps == 0
         self._batch = []
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         if not self._active or not self._batch:
             return
         self._active = False
@@ -150,7 +154,9 @@ class GradientNormMonitor(_HistoryCallback):
         for name, parameter in pl_module.named_parameters():
             if parameter.dim() >= 2 and f"grad_2.0_norm/{name}" in norms:
                 metrics[f"grad_norm/{name}"] = float(norms[f"grad_2.0_norm/{name}"])
-                self.history.append({"step": trainer.global_step, "layer": name, "grad_norm": metrics[f"grad_norm/{name}"]})
+                self.history.append(
+                    {"step": trainer.global_step, "layer": name, "grad_norm": metrics[f"grad_norm/{name}"]}
+                )
         metrics["grad_norm/total"] = float(norms["grad_2.0_norm_total"])
         _log_now(trainer, metrics, trainer.global_step)
 
@@ -201,7 +207,13 @@ class PenultimateGeometry(_HistoryCallback):
         self._features, self._labels = [], []
 
     def on_validation_batch_end(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int, dataloader_idx: int = 0
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
     ) -> None:
         if self._active and len(self._labels) < len(self._features):
             self._labels.append(batch[1][: len(self._features[-1])])
@@ -215,8 +227,11 @@ class PenultimateGeometry(_HistoryCallback):
             features = pl_module.all_gather(features).flatten(0, 1)
             labels = pl_module.all_gather(labels).flatten(0, 1)
         if len(labels.unique()) < 2:  # e.g. a tiny limit_val_batches: say so rather than stop the run
-            warnings.warn(f"PenultimateGeometry: the validation samples of epoch {trainer.current_epoch} hold one class only; "
-                          "no geometry this epoch", stacklevel=2)
+            warnings.warn(
+                f"PenultimateGeometry: the validation samples of epoch {trainer.current_epoch} hold one class only; "
+                "no geometry this epoch",
+                stacklevel=2,
+            )
             return
         geometry = feature_geometry(features.cpu(), labels.cpu())
         self.history.append({"epoch": trainer.current_epoch, "step": trainer.global_step, **geometry})
@@ -247,4 +262,3 @@ class ComplexityReport(pl.Callback):
         report = complexity_report(pl_module, list(shape))
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "complexity.json").write_text(json.dumps(report, indent=2))
-

@@ -24,6 +24,7 @@ from l2bn_lit.serialization import load_checkpoint
 
 __all__ = ["AtomicCheckpointIO", "TieBreakingCheckpoint"]
 
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning's checkpoint IO with writes that are atomic on every local file system.
 
@@ -94,7 +95,9 @@ class TieBreakingCheckpoint(ModelCheckpoint):
     def __init__(self, *args: Any, tie_breaker: str = "val/loss", tie_mode: str = "min", **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if self.save_top_k != 1:
-            raise ValueError(f"TieBreakingCheckpoint keeps one best checkpoint (save_top_k=1), got save_top_k={self.save_top_k}")
+            raise ValueError(
+                f"TieBreakingCheckpoint keeps one best checkpoint (save_top_k=1), got save_top_k={self.save_top_k}"
+            )
         if tie_mode not in ("min", "max"):
             raise ValueError(f"tie_mode must be 'min' or 'max', got {tie_mode!r}")
         self.tie_breaker, self.tie_mode = tie_breaker, tie_mode
@@ -115,7 +118,9 @@ class TieBreakingCheckpoint(ModelCheckpoint):
         )
         return trainer.strategy.reduce_boolean_decision(bool(better))
 
-    def _update_best_and_save(self, current: Tensor, trainer: pl.Trainer, monitor_candidates: dict[str, Tensor]) -> None:
+    def _update_best_and_save(
+        self, current: Tensor, trainer: pl.Trainer, monitor_candidates: dict[str, Tensor]
+    ) -> None:
         super()._update_best_and_save(current, trainer, monitor_candidates)
         tie = monitor_candidates.get(self.tie_breaker)
         self.best_tie = None if tie is None else float(tie)

@@ -8,7 +8,8 @@
 - ``--trainer.sync_batchnorm true`` installs :class:`l2bn_lit.L2BNLayerSync` (Lightning's own flag
   would silently turn L2BN into plain SyncBatchNorm);
 - a CSV logger always, TensorBoard as well when installed, the Rich progress bar, and checkpoints of
-  the best (by ``val/acc``, ties broken by the lower ``val/loss``) and the last epoch; the resolved config is saved in the run folder. The
+  the best (by ``val/acc``, ties broken by the lower ``val/loss``) and the last epoch; the resolved config is saved
+  in the run folder. The
   default loggers write under ``--trainer.default_root_dir`` when it is given, else under ``runs/``;
 - ``--ckpt_path`` with options that contradict the checkpoint's architecture, norm or front-end is
   an error;
@@ -45,10 +46,10 @@ from datamodules.base import ClassificationDataModule
 from l2bn_lit.errors import debugging, tidy_parser_message
 from l2bn_lit.serialization import load_checkpoint
 
-from .checkpoint import AtomicCheckpointIO, TieBreakingCheckpoint
-from .callbacks import ComplexityReport
-from .layer_sync import L2BNLayerSync
 from .base import CheckpointMismatchError, ClassificationModule, architecture_mismatches
+from .callbacks import ComplexityReport
+from .checkpoint import AtomicCheckpointIO, TieBreakingCheckpoint
+from .layer_sync import L2BNLayerSync
 from .resume import PreemptionCheckpoint, RNGStateCheckpoint
 
 __all__ = ["L2BNLightningCLI", "default_loggers", "with_l2bn_layer_sync", "main"]
@@ -112,7 +113,9 @@ def default_loggers(save_dir: str = "runs") -> list[dict[str, Any]]:
 
     The run folder (config, checkpoints, metrics.csv, test reports) is ``<save_dir>/csv/version_<n>``.
     """
-    loggers = [{"class_path": "l2bn_lit.lit.csv_logger.RunCSVLogger", "init_args": {"save_dir": save_dir, "name": "csv"}}]
+    loggers = [
+        {"class_path": "l2bn_lit.lit.csv_logger.RunCSVLogger", "init_args": {"save_dir": save_dir, "name": "csv"}}
+    ]
     if any(importlib.util.find_spec(name) for name in ("tensorboard", "tensorboardX")):
         tensorboard = {"save_dir": save_dir, "name": "tensorboard"}
         loggers.append({"class_path": "pytorch_lightning.loggers.TensorBoardLogger", "init_args": tensorboard})
@@ -161,13 +164,17 @@ class L2BNLightningCLI(LightningCLI):
     def init_parser(self, **kwargs: Any) -> LightningArgumentParser:
         kwargs.setdefault("dump_header", [f"lightning.pytorch=={pl.__version__}"])
         parser = ShortErrorParser(**kwargs)
-        parser.add_argument("-c", "--config", action=ActionConfigFile, help="Path to a configuration file in json or yaml format.")
+        parser.add_argument(
+            "-c", "--config", action=ActionConfigFile, help="Path to a configuration file in json or yaml format."
+        )
         return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         for source in LINKED:
             parser.link_arguments(f"data.{source}", f"model.init_args.{source}", apply_on="instantiate")
-        parser.add_argument("--test_after_fit", type=bool, default=False, help="fit: test a checkpoint at the end (--test_ckpt)")
+        parser.add_argument(
+            "--test_after_fit", type=bool, default=False, help="fit: test a checkpoint at the end (--test_ckpt)"
+        )
         parser.add_argument(
             "--test_ckpt",
             type=Literal["best", "last"],
@@ -202,8 +209,10 @@ class L2BNLightningCLI(LightningCLI):
             return
         folder = Path(log_dir)
         folder.mkdir(parents=True, exist_ok=True)
-        line = (f"{datetime.now().isoformat(timespec='seconds')} continued from {self._checkpoint['path']} "
-                f"(epoch {self._checkpoint['epoch']}, global step {self._checkpoint['global_step']})\n")
+        line = (
+            f"{datetime.now().isoformat(timespec='seconds')} continued from {self._checkpoint['path']} "
+            f"(epoch {self._checkpoint['epoch']}, global step {self._checkpoint['global_step']})\n"
+        )
         with open(folder / "resumes.txt", "a") as file:
             file.write(line)
 
@@ -219,8 +228,17 @@ class L2BNLightningCLI(LightningCLI):
         model = self.config[subcommand].get("model") if subcommand else None
         if ckpt_path and ckpt_path not in LIGHTNING_CKPT_NAMES:
             checkpoint = load_checkpoint(ckpt_path)  # refuses a missing, corrupt or unsafe file in one line
-            self._checkpoint = {"path": ckpt_path, "epoch": checkpoint.get("epoch"), "global_step": checkpoint.get("global_step", 0)}
-        if ckpt_path and model is not None and model.get("init_args") is not None and ckpt_path not in LIGHTNING_CKPT_NAMES:
+            self._checkpoint = {
+                "path": ckpt_path,
+                "epoch": checkpoint.get("epoch"),
+                "global_step": checkpoint.get("global_step", 0),
+            }
+        if (
+            ckpt_path
+            and model is not None
+            and model.get("init_args") is not None
+            and ckpt_path not in LIGHTNING_CKPT_NAMES
+        ):
             cls = _import(model["class_path"])
             saved = cls.saved_architecture(checkpoint["hyper_parameters"])
             defaults, given = _init_defaults(cls), _plain(model["init_args"])
@@ -290,7 +308,9 @@ def _plain(namespace: Any) -> dict[str, Any]:
     return namespace.as_dict() if hasattr(namespace, "as_dict") else dict(namespace)
 
 
-def main(args: list[str] | None = None, run: bool = True, cli_class: type[L2BNLightningCLI] = L2BNLightningCLI) -> L2BNLightningCLI:
+def main(
+    args: list[str] | None = None, run: bool = True, cli_class: type[L2BNLightningCLI] = L2BNLightningCLI
+) -> L2BNLightningCLI:
     """Entry point of ``cli.py``; ``args``/``run`` as LightningCLI's (for tests and notebooks);
     ``cli_class`` :class:`ModelOnlyCLI` builds the model of a config without its data."""
     return cli_class(

@@ -58,7 +58,9 @@ class ImageClassifier(ClassificationModule):
         if kwargs.get("sample_rate") is not None:
             raise ValueError("ImageClassifier takes image data; the datamodule provides audio (sample_rate is set)")
         if pretrained is not None and kwargs.get("init", "arch") != "arch":
-            raise ValueError(f"init={kwargs['init']!r} would overwrite the pretrained weights: use init: arch with pretrained")
+            raise ValueError(
+                f"init={kwargs['init']!r} would overwrite the pretrained weights: use init: arch with pretrained"
+            )
         in_channels = input_shape[0] if input_shape else 3
         network = build_model(arch, num_classes, in_channels, norm, norm_options, pretrained, arch_options)
         super().__init__(network, num_classes=num_classes, input_shape=input_shape, **kwargs)
@@ -70,7 +72,10 @@ class ImageClassifier(ClassificationModule):
             return
         datamodule = self.trainer.datamodule
         if datamodule is None:
-            raise ValueError("pretrained weights with norm l2bn need a datamodule: its training batches re-estimate the norms' statistics")
+            raise ValueError(
+                "pretrained weights with norm l2bn need a datamodule: its training batches re-estimate the "
+                "norms' statistics"
+            )
         if datamodule.train_set is None:
             datamodule.setup("fit")
         batches = itertools.islice(datamodule.train_dataloader(), self.hparams.recalibration_batches)
@@ -94,4 +99,6 @@ class ImageClassifier(ClassificationModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
-        self.norm_stats_ready = checkpoint.get("norm_stats_ready", True)  # a trained checkpoint's statistics are its own
+        self.norm_stats_ready = checkpoint.get(
+            "norm_stats_ready", True
+        )  # a trained checkpoint's statistics are its own

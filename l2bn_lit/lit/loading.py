@@ -22,10 +22,14 @@ def load_module(path: Path, data_settings: dict[str, Any], default: type[Classif
     """The checkpoint's model, built from the checkpoint's own settings; its class as the CLI saved it
     (the hyperparameters' ``_class_path``, or the run's ``config.yaml``), else ``default``."""
     saved = load_checkpoint(path)["hyper_parameters"]
-    mismatches = architecture_mismatches(data_settings, saved, tuple(k for k in LINKED if data_settings.get(k) is not None))
+    mismatches = architecture_mismatches(
+        data_settings, saved, tuple(k for k in LINKED if data_settings.get(k) is not None)
+    )
     if mismatches:
         mismatches = mismatches.replace(": model=", ": data=")
-        raise CheckpointMismatchError(f"{path} does not fit the data: {mismatches}; evaluate it with the data it was trained on")
+        raise CheckpointMismatchError(
+            f"{path} does not fit the data: {mismatches}; evaluate it with the data it was trained on"
+        )
     class_path = saved.get("_class_path")  # LightningCLI saves it with the hyperparameters
     config = path.parent.parent / "config.yaml"
     if class_path is None and config.is_file():

@@ -29,7 +29,13 @@ from pytorch_lightning.utilities.exceptions import SIGTERMException
 
 from .checkpoint import TieBreakingCheckpoint
 
-__all__ = ["collect_rng_states", "restore_rng_states", "RNGStateCheckpoint", "PreemptionCheckpoint", "PREEMPTION_SIGNALS"]
+__all__ = [
+    "collect_rng_states",
+    "restore_rng_states",
+    "RNGStateCheckpoint",
+    "PreemptionCheckpoint",
+    "PREEMPTION_SIGNALS",
+]
 
 #: the signals that save ``last.ckpt`` and stop the run
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1) if hasattr(signal, "SIGUSR1") else (signal.SIGTERM,)
@@ -119,7 +125,9 @@ class PreemptionCheckpoint(Callback):
         if not isinstance(exception, SIGTERMException) or trainer.state.fn != "fit":
             return
         signum = self.signal or signal.SIGTERM
-        checkpoint = next((cb for cb in trainer.checkpoint_callbacks if isinstance(cb, TieBreakingCheckpoint) and cb.save_last), None)
+        checkpoint = next(
+            (cb for cb in trainer.checkpoint_callbacks if isinstance(cb, TieBreakingCheckpoint) and cb.save_last), None
+        )
         if checkpoint is not None and not trainer.sanity_checking:
             self.saved = checkpoint.save_last_now(trainer)
         exception.code = 128 + signum  # a SystemExit: this is the process's exit status

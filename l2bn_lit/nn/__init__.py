@@ -10,5 +10,16 @@ from .layers import L2BN1d, L2BN2d, L2BN3d, L2BNAct2d
 from .norms import NORM_KINDS, NORM_TYPES, convert_norm, create_norm, get_norm_layer
 from .sync import SyncL2BN
 
-__all__ = ["L2BN1d", "L2BN2d", "L2BN3d", "L2BNAct2d", "SyncL2BN", "l2_batch_norm", "convert_norm", "create_norm", "get_norm_layer", "NORM_KINDS",
-           "NORM_TYPES"]
+__all__ = [
+    "L2BN1d",
+    "L2BN2d",
+    "L2BN3d",
+    "L2BNAct2d",
+    "SyncL2BN",
+    "l2_batch_norm",
+    "convert_norm",
+    "create_norm",
+    "get_norm_layer",
+    "NORM_KINDS",
+    "NORM_TYPES",
+]

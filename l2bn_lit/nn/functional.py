@@ -113,7 +113,15 @@ def _affine(x: Tensor, m: Tensor, a: Tensor, b: Tensor) -> Tensor:
         y = torch.empty_like(x)  # written through a view, returned whole: no view leaves a custom Function
         none = x.new_empty(0, dtype=m.dtype)
         torch.ops.aten.native_batch_norm.out(
-            rows, *flat, torch.ones_like(flat[0]), False, 0.0, 0.0, out=y.view_as(rows), save_mean=none, save_invstd=none.clone()
+            rows,
+            *flat,
+            torch.ones_like(flat[0]),
+            False,
+            0.0,
+            0.0,
+            out=y.view_as(rows),
+            save_mean=none,
+            save_invstd=none.clone(),
         )
         return y
     if x.dtype == a.dtype:
@@ -136,7 +144,9 @@ def _grad_sums(grad: Tensor, x: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
         g_rows = grad.contiguous().view_as(x_rows)
         ones = torch.ones(n * c, dtype=m.dtype, device=x.device)
         if x.is_cuda:  # SyncBatchNorm's reduction kernel (CUDA's native backward needs grad_input)
-            g_sum, g_xc = torch.batch_norm_backward_reduce(g_rows, x_rows, m.reshape(-1), ones, None, True, False, False)[:2]
+            g_sum, g_xc = torch.batch_norm_backward_reduce(
+                g_rows, x_rows, m.reshape(-1), ones, None, True, False, False
+            )[:2]
         else:
             _, g_xc, g_sum = torch.ops.aten.native_batch_norm_backward(
                 g_rows, x_rows, None, None, None, m.reshape(-1), ones, True, 0.0, [False, True, True]
@@ -321,9 +331,7 @@ def l2_batch_norm(
             y, mu, var = l2_batch_norm_train(input, weight, bias, eps, l2_eps, rescale)
             _update_running_stats(running_mean, running_var, mu, var, input.numel() // channels, momentum)
             return y
-        return _L2BatchNormTrain.apply(
-            input, weight, bias, running_mean, running_var, momentum, eps, l2_eps, rescale
-        )
+        return _L2BatchNormTrain.apply(input, weight, bias, running_mean, running_var, momentum, eps, l2_eps, rescale)
     if running_mean is None or running_var is None:
         raise ValueError("l2_batch_norm: running_mean and running_var are required when training=False")
     s = _l2_normalize_eval(input, l2_eps, rescale)

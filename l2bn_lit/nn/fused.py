@@ -84,11 +84,15 @@ def use_fused_kernels(x: Tensor) -> bool:
     if choice == "auto":
         return x.is_cuda and _triton_available()
     if not _triton_available():
-        raise ImportError("L2BN_KERNELS=triton needs Triton (it ships with torch's CUDA builds on Linux); "
-                          "set L2BN_KERNELS=aten or auto")
+        raise ImportError(
+            "L2BN_KERNELS=triton needs Triton (it ships with torch's CUDA builds on Linux); "
+            "set L2BN_KERNELS=aten or auto"
+        )
     if x.device.type == "cpu" and not _interpreting():
-        raise RuntimeError("L2BN_KERNELS=triton on a CPU tensor runs only under Triton's interpreter: set "
-                           "TRITON_INTERPRET=1 before starting Python, or use L2BN_KERNELS=auto on the CPU")
+        raise RuntimeError(
+            "L2BN_KERNELS=triton on a CPU tensor runs only under Triton's interpreter: set "
+            "TRITON_INTERPRET=1 before starting Python, or use L2BN_KERNELS=auto on the CPU"
+        )
     return True
 
 
@@ -113,8 +117,16 @@ def _(x, weight, bias, eps, l2_eps, rescale):
 
 @torch.library.custom_op(f"{_NAMESPACE}::train_backward", mutates_args=())
 def train_backward(
-    grad: Tensor, x: Tensor, weight: Tensor | None, m: Tensor, v: Tensor, s: Tensor, sq_norm: Tensor, mu: Tensor,
-    invstd: Tensor, l2_eps: float,
+    grad: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    m: Tensor,
+    v: Tensor,
+    s: Tensor,
+    sq_norm: Tensor,
+    mu: Tensor,
+    invstd: Tensor,
+    l2_eps: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(grad_x, grad_weight, grad_bias)`` from the forward's saved statistics (parameter gradients in float32)."""
     from . import triton_kernels

@@ -1,7 +1,7 @@
 """Convolution weight initialization by name (the ``init`` option of the models).
 
-    from l2bn_lit.nn.init import initialize
-    initialize(model, "torch")  # PyTorch's default layer initialization for every convolution
+from l2bn_lit.nn.init import initialize
+initialize(model, "torch")  # PyTorch's default layer initialization for every convolution
 """
 
 from __future__ import annotations

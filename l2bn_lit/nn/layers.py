@@ -174,22 +174,46 @@ Examples::
 
 
 class L2BN1d(_L2BNBase):
-    __doc__ = _LAYER_DOC.format(rank="2D or 3", shape=":math:`(N, C)` or :math:`(N, C, L)`", over=":math:`(N)` or :math:`(N, L)`",
-                                bn="BatchNorm1d", name="L2BN1d", channels=4, example="8, 4, 5", dims="(0, 2)")
+    __doc__ = _LAYER_DOC.format(
+        rank="2D or 3",
+        shape=":math:`(N, C)` or :math:`(N, C, L)`",
+        over=":math:`(N)` or :math:`(N, L)`",
+        bn="BatchNorm1d",
+        name="L2BN1d",
+        channels=4,
+        example="8, 4, 5",
+        dims="(0, 2)",
+    )
 
     _ranks = (2, 3)
 
 
 class L2BN2d(_L2BNBase):
-    __doc__ = _LAYER_DOC.format(rank="4", shape=":math:`(N, C, H, W)`", over=":math:`(N, H, W)`", bn="BatchNorm2d",
-                                name="L2BN2d", channels=16, example="8, 16, 4, 4", dims="(0, 2, 3)")
+    __doc__ = _LAYER_DOC.format(
+        rank="4",
+        shape=":math:`(N, C, H, W)`",
+        over=":math:`(N, H, W)`",
+        bn="BatchNorm2d",
+        name="L2BN2d",
+        channels=16,
+        example="8, 16, 4, 4",
+        dims="(0, 2, 3)",
+    )
 
     _ranks = (4,)
 
 
 class L2BN3d(_L2BNBase):
-    __doc__ = _LAYER_DOC.format(rank="5", shape=":math:`(N, C, D, H, W)`", over=":math:`(N, D, H, W)`", bn="BatchNorm3d",
-                                name="L2BN3d", channels=3, example="4, 3, 2, 3, 3", dims="(0, 2, 3, 4)")
+    __doc__ = _LAYER_DOC.format(
+        rank="5",
+        shape=":math:`(N, C, D, H, W)`",
+        over=":math:`(N, D, H, W)`",
+        bn="BatchNorm3d",
+        name="L2BN3d",
+        channels=3,
+        example="4, 3, 2, 3, 3",
+        dims="(0, 2, 3, 4)",
+    )
 
     _ranks = (5,)
 
@@ -221,7 +245,9 @@ class L2BNAct2d(L2BN2d):
         True
     """
 
-    def __init__(self, num_features: int, act: torch.nn.Module | None = None, drop: torch.nn.Module | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, num_features: int, act: torch.nn.Module | None = None, drop: torch.nn.Module | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(num_features, **kwargs)
         self.drop = drop if drop is not None else torch.nn.Identity()
         self.act = act if act is not None else torch.nn.Identity()

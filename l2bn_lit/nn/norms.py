@@ -33,7 +33,9 @@ _BN_OPTIONS = {"eps", "momentum", "affine", "track_running_stats", "device", "dt
 _L2BN_OPTIONS = _BN_OPTIONS | {"l2_eps", "rescale"}
 
 
-def _group_norm(num_features: int, num_groups: int = 32, eps: float = 1e-5, affine: bool = True, **kwargs) -> nn.GroupNorm:
+def _group_norm(
+    num_features: int, num_groups: int = 32, eps: float = 1e-5, affine: bool = True, **kwargs
+) -> nn.GroupNorm:
     groups = min(num_groups, num_features)
     while num_features % groups:
         groups -= 1

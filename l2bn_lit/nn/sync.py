@@ -89,8 +89,9 @@ class _FusedSyncTrain(torch.autograd.Function):
     batch statistics over all processes for the running ones."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, l2_eps: float, rescale: bool,
-                group: Any) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def forward(
+        ctx, x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, l2_eps: float, rescale: bool, group: Any
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         from . import triton_kernels as kernels
 
         n, channels = x.shape[:2]
@@ -126,7 +127,9 @@ class _FusedSyncTrain(torch.autograd.Function):
         channels, spatial = x.shape[1], x[0, 0].numel()
         g_sum, g_xc = kernels.grad_sums(grad, x, m)
         d = s * m - mu
-        local = torch.cat([g_sum.sum(0), (s * g_xc + d * g_sum).sum(0)])  # this process's grad_bias, grad_weight / invstd
+        local = torch.cat(
+            [g_sum.sum(0), (s * g_xc + d * g_sum).sum(0)]
+        )  # this process's grad_bias, grad_weight / invstd
         total = local.clone()
         dist.all_reduce(total, group=ctx.group)
         grad_gain = total[channels:] * invstd
@@ -134,11 +137,17 @@ class _FusedSyncTrain(torch.autograd.Function):
         scaled = invstd * grad_gain / count
         u = gain * scaled
         wn = gain * (total[:channels] / count + d * scaled)
-        coefficients = kernels.input_grad_coefficients(g_sum, g_xc, m, v, s.squeeze(1), sq_norm, invstd, weight, u, wn, spatial, ctx.l2_eps)
+        coefficients = kernels.input_grad_coefficients(
+            g_sum, g_xc, m, v, s.squeeze(1), sq_norm, invstd, weight, u, wn, spatial, ctx.l2_eps
+        )
         grad_x = kernels.affine(x, m, coefficients[0], coefficients[1], grad, coefficients[2])
         # the parameters' gradients of this process's samples, as SyncBatchNorm's: DDP reduces them
         weight_dtype, bias_dtype = ctx.parameter_dtypes
-        grad_weight = (local[channels:] * invstd).to(weight_dtype) if weight_dtype is not None and ctx.needs_input_grad[1] else None
+        grad_weight = (
+            (local[channels:] * invstd).to(weight_dtype)
+            if weight_dtype is not None and ctx.needs_input_grad[1]
+            else None
+        )
         grad_bias = local[:channels].to(bias_dtype) if bias_dtype is not None and ctx.needs_input_grad[2] else None
         return grad_x, grad_weight, grad_bias, None, None, None, None
 
@@ -213,8 +222,9 @@ class SyncL2BN(_L2BNBase):
         """Differentiable L2BN with statistics all-reduced over the process group (the fused kernels
         where :func:`~l2bn_lit.nn.fused.use_fused_kernels` says so)."""
         if use_fused_kernels(x):
-            y, mu, var, count = _FusedSyncTrain.apply(x, self.weight, self.bias, self.eps, self.l2_eps, self.rescale,
-                                                      self.process_group)
+            y, mu, var, count = _FusedSyncTrain.apply(
+                x, self.weight, self.bias, self.eps, self.l2_eps, self.rescale, self.process_group
+            )
             _update_running_stats(running_mean, running_var, mu, var, int(count.item()), factor)
             return y
         acc = _accumulation_dtype(x.dtype)

@@ -23,7 +23,15 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-__all__ = ["affine", "grad_sums", "input_grad_coefficients", "moments", "sample_scale", "train_backward", "train_forward"]
+__all__ = [
+    "affine",
+    "grad_sums",
+    "input_grad_coefficients",
+    "moments",
+    "sample_scale",
+    "train_backward",
+    "train_forward",
+]
 
 
 @triton.jit
@@ -71,8 +79,23 @@ def _sample_scale_kernel(m_ptr, v_ptr, sq_ptr, s_ptr, C, S, k, max_scale, l2_eps
 
 @triton.jit
 def _channel_forward_kernel(
-    m_ptr, v_ptr, s_ptr, w_ptr, b_ptr, a_ptr, shift_ptr, mu_ptr, var_ptr, invstd_ptr, N, C, eps,
-    HAS_WEIGHT: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+    m_ptr,
+    v_ptr,
+    s_ptr,
+    w_ptr,
+    b_ptr,
+    a_ptr,
+    shift_ptr,
+    mu_ptr,
+    var_ptr,
+    invstd_ptr,
+    N,
+    C,
+    eps,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_BIAS: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
     """Batch mean and biased variance of ``xh = s * x`` per channel (two passes over the (N, C)
     moments), and ``a = s * gain``, ``shift = gain * (s * m - mu) + bias``."""
@@ -118,9 +141,27 @@ def _channel_forward_kernel(
 
 @triton.jit
 def _affine_kernel(
-    x_ptr, g_ptr, out_ptr, m_ptr, a_ptr, b_ptr, cg_ptr, C, S,
-    sxn, sxc, sxs, sgn, sgc, sgs, son, soc, sos,
-    HAS_GRAD: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+    x_ptr,
+    g_ptr,
+    out_ptr,
+    m_ptr,
+    a_ptr,
+    b_ptr,
+    cg_ptr,
+    C,
+    S,
+    sxn,
+    sxc,
+    sxs,
+    sgn,
+    sgc,
+    sgs,
+    son,
+    soc,
+    sos,
+    HAS_GRAD: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
 ):
     """``out = (x - m) * a + b`` (``+ cg * g`` with ``HAS_GRAD``) per (n, c), one tile per program."""
     pid = tl.program_id(0)
@@ -145,8 +186,21 @@ def _affine_kernel(
 
 @triton.jit
 def _grad_sums_kernel(
-    g_ptr, x_ptr, m_ptr, gsum_ptr, gxc_ptr, C, S, sgn, sgc, sgs, sxn, sxc, sxs,
-    BLOCK_C: tl.constexpr, BLOCK_S: tl.constexpr,
+    g_ptr,
+    x_ptr,
+    m_ptr,
+    gsum_ptr,
+    gxc_ptr,
+    C,
+    S,
+    sgn,
+    sgc,
+    sgs,
+    sxn,
+    sxc,
+    sxs,
+    BLOCK_C: tl.constexpr,
+    BLOCK_S: tl.constexpr,
 ):
     """Per-(n, c) ``sum(g)`` and ``sum(g * (x - m))`` over S: one read pass over ``(g, x)``."""
     pid = tl.program_id(0)
@@ -172,8 +226,23 @@ def _grad_sums_kernel(
 
 @triton.jit
 def _channel_backward_kernel(
-    gsum_ptr, gxc_ptr, m_ptr, s_ptr, mu_ptr, invstd_ptr, w_ptr, gw_ptr, gb_ptr, u_ptr, wn_ptr,
-    N, C, count, HAS_WEIGHT: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr,
+    gsum_ptr,
+    gxc_ptr,
+    m_ptr,
+    s_ptr,
+    mu_ptr,
+    invstd_ptr,
+    w_ptr,
+    gw_ptr,
+    gb_ptr,
+    u_ptr,
+    wn_ptr,
+    N,
+    C,
+    count,
+    HAS_WEIGHT: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
     """``grad_bias = sum_n gsum``, ``grad_weight = invstd * sum_n (s * gxc + d * gsum)``, and batch
     norm's backward terms ``u = gain * invstd * grad_weight / count`` (C,) and
@@ -212,8 +281,24 @@ def _channel_backward_kernel(
 
 @triton.jit
 def _sample_backward_kernel(
-    gsum_ptr, gxc_ptr, m_ptr, v_ptr, s_ptr, sq_ptr, invstd_ptr, w_ptr, u_ptr, wn_ptr, cx_ptr, k_ptr, cg_ptr,
-    C, S, l2_eps_sq, HAS_WEIGHT: tl.constexpr, BLOCK_C: tl.constexpr,
+    gsum_ptr,
+    gxc_ptr,
+    m_ptr,
+    v_ptr,
+    s_ptr,
+    sq_ptr,
+    invstd_ptr,
+    w_ptr,
+    u_ptr,
+    wn_ptr,
+    cx_ptr,
+    k_ptr,
+    cg_ptr,
+    C,
+    S,
+    l2_eps_sq,
+    HAS_WEIGHT: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
     """Per sample: ``<dxh[n], x[n]>`` from the (n, c) sums, the radial term of the l2 step (none
     where the norm was clamped), and ``grad_x = cx * (x - m) + k + cg * grad``'s coefficients."""
@@ -297,7 +382,9 @@ def moments(x: Tensor) -> tuple[Tensor, Tensor]:
     x3 = _as_ncs(x)
     m, v = _f32(n, c, device=x.device), _f32(n, c, device=x.device)
     block_c, block_s = _tiles(x3)
-    _moments_kernel[(n * triton.cdiv(c, block_c),)](x3, m, v, c, x3.shape[2], *x3.stride(), BLOCK_C=block_c, BLOCK_S=block_s)
+    _moments_kernel[(n * triton.cdiv(c, block_c),)](
+        x3, m, v, c, x3.shape[2], *x3.stride(), BLOCK_C=block_c, BLOCK_S=block_s
+    )
     return m, v
 
 
@@ -311,7 +398,9 @@ def sample_scale(m: Tensor, v: Tensor, spatial: int, l2_eps: float, rescale: boo
     return sq_norm, s
 
 
-def affine(x: Tensor, m: Tensor, a: Tensor, b: Tensor, grad: Tensor | None = None, coef_grad: Tensor | None = None) -> Tensor:
+def affine(
+    x: Tensor, m: Tensor, a: Tensor, b: Tensor, grad: Tensor | None = None, coef_grad: Tensor | None = None
+) -> Tensor:
     """``(x - m) * a + b`` (``+ coef_grad * grad``) with ``(N, C)`` float32 coefficients: one pass
     writing a new tensor of ``x``'s shape, dtype and memory format."""
     n, c = x.shape[:2]
@@ -320,8 +409,21 @@ def affine(x: Tensor, m: Tensor, a: Tensor, b: Tensor, grad: Tensor | None = Non
     g3 = _as_ncs(grad) if grad is not None else x3
     block_c, block_s = _tiles(x3)
     _affine_kernel[(n * triton.cdiv(c, block_c), triton.cdiv(x3.shape[2], block_s))](
-        x3, g3, out3, m, a, b, coef_grad if coef_grad is not None else a, c, x3.shape[2],
-        *x3.stride(), *g3.stride(), *out3.stride(), HAS_GRAD=grad is not None, BLOCK_C=block_c, BLOCK_S=block_s,
+        x3,
+        g3,
+        out3,
+        m,
+        a,
+        b,
+        coef_grad if coef_grad is not None else a,
+        c,
+        x3.shape[2],
+        *x3.stride(),
+        *g3.stride(),
+        *out3.stride(),
+        HAS_GRAD=grad is not None,
+        BLOCK_C=block_c,
+        BLOCK_S=block_s,
     )
     return out
 
@@ -339,8 +441,18 @@ def grad_sums(grad: Tensor, x: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def input_grad_coefficients(
-    g_sum: Tensor, g_xc: Tensor, m: Tensor, v: Tensor, s: Tensor, sq_norm: Tensor, invstd: Tensor,
-    weight: Tensor | None, u: Tensor, wn: Tensor, spatial: int, l2_eps: float,
+    g_sum: Tensor,
+    g_xc: Tensor,
+    m: Tensor,
+    v: Tensor,
+    s: Tensor,
+    sq_norm: Tensor,
+    invstd: Tensor,
+    weight: Tensor | None,
+    u: Tensor,
+    wn: Tensor,
+    spatial: int,
+    l2_eps: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(coef_x, const, coef_grad)``, float32 ``(N, C)``: ``grad_x = coef_x * (x - m) + const +
     coef_grad * grad``, from batch norm's backward terms ``u`` ``(C,)`` and ``wn`` ``(N, C)`` and the
@@ -348,8 +460,24 @@ def input_grad_coefficients(
     n, c = m.shape
     coef_x, const, coef_grad = (_f32(n, c, device=m.device) for _ in range(3))
     _sample_backward_kernel[(n,)](
-        g_sum, g_xc, m, v, s, sq_norm, invstd, weight if weight is not None else u, u, wn, coef_x, const, coef_grad,
-        c, spatial, l2_eps * l2_eps, HAS_WEIGHT=weight is not None, BLOCK_C=_row_block(c),
+        g_sum,
+        g_xc,
+        m,
+        v,
+        s,
+        sq_norm,
+        invstd,
+        weight if weight is not None else u,
+        u,
+        wn,
+        coef_x,
+        const,
+        coef_grad,
+        c,
+        spatial,
+        l2_eps * l2_eps,
+        HAS_WEIGHT=weight is not None,
+        BLOCK_C=_row_block(c),
     )
     return coef_x, const, coef_grad
 
@@ -367,16 +495,38 @@ def train_forward(
     mu, var, invstd = (_f32(c, device=x.device) for _ in range(3))
     block_n, block_c = _small_blocks(n, c)
     _channel_forward_kernel[(triton.cdiv(c, block_c),)](
-        m, v, s, weight if weight is not None else m, bias if bias is not None else m,  # m: an absent tensor's stand-in
-        a, shift, mu, var, invstd, n, c, eps,
-        HAS_WEIGHT=weight is not None, HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_C=block_c,
+        m,
+        v,
+        s,
+        weight if weight is not None else m,
+        bias if bias is not None else m,  # m: an absent tensor's stand-in
+        a,
+        shift,
+        mu,
+        var,
+        invstd,
+        n,
+        c,
+        eps,
+        HAS_WEIGHT=weight is not None,
+        HAS_BIAS=bias is not None,
+        BLOCK_N=block_n,
+        BLOCK_C=block_c,
     )
     return affine(x, m, a, shift), m, v, s, sq_norm, mu, var, invstd
 
 
 def train_backward(
-    grad: Tensor, x: Tensor, weight: Tensor | None, m: Tensor, v: Tensor, s: Tensor, sq_norm: Tensor,
-    mu: Tensor, invstd: Tensor, l2_eps: float,
+    grad: Tensor,
+    x: Tensor,
+    weight: Tensor | None,
+    m: Tensor,
+    v: Tensor,
+    s: Tensor,
+    sq_norm: Tensor,
+    mu: Tensor,
+    invstd: Tensor,
+    l2_eps: float,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(grad_x, grad_weight, grad_bias)``; the parameter gradients in float32, ``(C,)``."""
     n, c = x.shape[:2]
@@ -386,8 +536,25 @@ def train_backward(
     wn = _f32(n, c, device=x.device)
     block_n, block_c = _small_blocks(n, c)
     _channel_backward_kernel[(triton.cdiv(c, block_c),)](
-        g_sum, g_xc, m, s, mu, invstd, weight if weight is not None else u, grad_weight, grad_bias, u, wn,
-        n, c, float(n * spatial), HAS_WEIGHT=weight is not None, BLOCK_N=block_n, BLOCK_C=block_c,
+        g_sum,
+        g_xc,
+        m,
+        s,
+        mu,
+        invstd,
+        weight if weight is not None else u,
+        grad_weight,
+        grad_bias,
+        u,
+        wn,
+        n,
+        c,
+        float(n * spatial),
+        HAS_WEIGHT=weight is not None,
+        BLOCK_N=block_n,
+        BLOCK_C=block_c,
     )
-    coef_x, const, coef_grad = input_grad_coefficients(g_sum, g_xc, m, v, s, sq_norm, invstd, weight, u, wn, spatial, l2_eps)
+    coef_x, const, coef_grad = input_grad_coefficients(
+        g_sum, g_xc, m, v, s, sq_norm, invstd, weight, u, wn, spatial, l2_eps
+    )
     return affine(x, m, coef_x, const, grad, coef_grad), grad_weight, grad_bias

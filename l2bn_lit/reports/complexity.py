@@ -42,8 +42,11 @@ def count_network(module: nn.Module, input_shape: list[int]) -> tuple[int, int, 
     The L2BN values are what the per-sample norms read. The input is zeros at the module's dtype,
     not torchinfo's random one: counting must not move the RNG (a resumed run's)."""
     values: list[int] = []
-    hooks = [m.register_forward_hook(lambda _m, args, _out: values.append(args[0][0].numel()))
-             for m in module.modules() if isinstance(m, _L2BNBase)]
+    hooks = [
+        m.register_forward_hook(lambda _m, args, _out: values.append(args[0][0].numel()))
+        for m in module.modules()
+        if isinstance(m, _L2BNBase)
+    ]
     was_training = module.training
     first = next(module.parameters())
     module.eval()
@@ -96,13 +99,19 @@ def limit_report(report: dict[str, int], limits: dict[str, int] = DCASE_LIMITS) 
     counted = report.get("macs_network", report["macs"])
     detail = "torchinfo, network only, features excluded" if "macs_network" in report else "torchinfo, whole model"
     if "l2bn_inference_macs" in report:
-        detail = (f"torchinfo {counted:,} ({detail}) + L2BN per-sample norms {report['l2bn_inference_macs']:,} "
-                  f"({report['l2bn_values']:,} values in {report['l2bn_layers']} layers x (sum of squares + scale); "
-                  "not in torchinfo's count)")
+        detail = (
+            f"torchinfo {counted:,} ({detail}) + L2BN per-sample norms {report['l2bn_inference_macs']:,} "
+            f"({report['l2bn_values']:,} values in {report['l2bn_layers']} layers x (sum of squares + scale); "
+            "not in torchinfo's count)"
+        )
     lines, within = [], True
     for label, value, limit, what in (
-        ("parameter memory", report["parameter_memory_bytes"], limits["parameter_memory_bytes"],
-         f"{report['parameters']:,} parameters x {report['parameter_bits']} bit"),
+        (
+            "parameter memory",
+            report["parameter_memory_bytes"],
+            limits["parameter_memory_bytes"],
+            f"{report['parameters']:,} parameters x {report['parameter_bits']} bit",
+        ),
         ("MACs", report["macs_for_limits"], limits["macs"], detail),
     ):
         ok = value <= limit

@@ -36,8 +36,11 @@ class DcaseReport:
         self.confusion.to_csv(folder / "dcase_confusion.csv")
 
     def __str__(self) -> str:
-        parts = [self.summary.to_markdown(index=False, floatfmt=".4f"), self.classes.to_markdown(index=False, floatfmt=".4f"),
-                 self.devices.to_markdown(index=False, floatfmt=".4f")]
+        parts = [
+            self.summary.to_markdown(index=False, floatfmt=".4f"),
+            self.classes.to_markdown(index=False, floatfmt=".4f"),
+            self.devices.to_markdown(index=False, floatfmt=".4f"),
+        ]
         return "\n\n".join(parts)
 
 
@@ -65,7 +68,14 @@ def dcase_report(probs: np.ndarray, labels: np.ndarray, devices: list[str], clas
         mask = labels == index
         if mask.any():
             scores = _scores(probs[mask], labels[mask], k)
-            classes.append({"class": name, "accuracy": scores["accuracy"], "log loss": scores["log loss"], "support": scores["support"]})
+            classes.append(
+                {
+                    "class": name,
+                    "accuracy": scores["accuracy"],
+                    "log loss": scores["log loss"],
+                    "support": scores["support"],
+                }
+            )
     device_rows = []
     groups = [(d, (d,)) for d in sorted(set(devices_arr))] + list(DEVICE_GROUPS.items())
     for name, members in groups:

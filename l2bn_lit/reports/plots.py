@@ -76,10 +76,16 @@ def _by_depth(axis: Axes, table: pd.DataFrame, value: str, layers: list[str]) ->
     for layer, colour in zip(layers, colours):
         rows = table[table["layer"] == layer]
         axis.plot(rows["step"], rows[value], color=colour, linewidth=0.8, marker=".", markersize=2)
-    axis.plot(table.groupby("step")[value].mean(), color="black", linewidth=2, marker="o", markersize=3, label="mean over layers")
+    axis.plot(
+        table.groupby("step")[value].mean(),
+        color="black",
+        linewidth=2,
+        marker="o",
+        markersize=3,
+        label="mean over layers",
+    )
     axis.set_xlabel("training step")
     axis.legend()
-
 
 
 def _history(runs: list[Path], name: str) -> pd.DataFrame | None:
@@ -91,7 +97,9 @@ def _history(runs: list[Path], name: str) -> pd.DataFrame | None:
 def _mean_band(axis: Axes, table: pd.DataFrame, x: str, value: str, label: str) -> None:
     """Mean over runs of ``value`` against ``x``, with the min-max band of the runs."""
     per_run = table.groupby(["run", x])[value].mean().unstack(0)
-    line = axis.plot(per_run.index, per_run.mean(1), marker="o", markersize=3, label=f"{label} ({per_run.shape[1]} runs)")[0]
+    line = axis.plot(
+        per_run.index, per_run.mean(1), marker="o", markersize=3, label=f"{label} ({per_run.shape[1]} runs)"
+    )[0]
     axis.fill_between(per_run.index, per_run.min(1), per_run.max(1), color=line.get_color(), alpha=0.2)
 
 
@@ -99,14 +107,20 @@ def compare_runs(runs_by_norm: dict[str, list[Path]], out: Path) -> list[Path]:
     """Draws the analysis histories of several runs per norm side by side (mean over a norm's runs,
     min-max band): ``compare_geometry.png``, ``compare_feature_norms.png`` (mean over layers) and
     ``compare_grad_norms.png`` (one panel per norm, one line per layer). Returns the files written."""
-    histories = {name: {norm: _history(runs, name) for norm, runs in runs_by_norm.items()} for name in ("geometry", "feature_norms", "grad_norms")}
+    histories = {
+        name: {norm: _history(runs, name) for norm, runs in runs_by_norm.items()}
+        for name in ("geometry", "feature_norms", "grad_norms")
+    }
     written = []
     geometry = {norm: t for norm, t in histories["geometry"].items() if t is not None}
     if geometry:
         figure = Figure(figsize=(13, 3.8))
         axes = figure.subplots(1, 3)
-        titles = {"intra_cos": "intra-class compactness (cosine to centroid)", "inter_angle": "inter-class angle (deg)",
-                  "scatter_ratio": "within / between scatter"}
+        titles = {
+            "intra_cos": "intra-class compactness (cosine to centroid)",
+            "inter_angle": "inter-class angle (deg)",
+            "scatter_ratio": "within / between scatter",
+        }
         for axis, (key, title) in zip(axes, titles.items()):
             for norm, table in geometry.items():
                 _mean_band(axis, table, "epoch", key, norm)
@@ -121,7 +135,9 @@ def compare_runs(runs_by_norm: dict[str, list[Path]], out: Path) -> list[Path]:
         for axis, (key, where) in zip(axes, (("cv_in", "input"), ("cv_out", "output"))):
             for norm, table in norms.items():
                 _mean_band(axis, table, "step", key, norm)
-            axis.set_title(f"per-sample l2 norm spread at the norm layers' {where}\n(coefficient of variation, mean over layers)")
+            axis.set_title(
+                f"per-sample l2 norm spread at the norm layers' {where}\n(coefficient of variation, mean over layers)"
+            )
             axis.set_xlabel("training step")
             axis.legend()
         written.append(_save(figure, out / "compare_feature_norms.png"))

@@ -54,14 +54,26 @@ def scan_runs(folder: str | Path, metrics: str | Sequence[str] = "test/acc") -> 
         if missing:
             epochs = logged["epoch"].dropna() if logged is not None and "epoch" in logged else pd.Series(dtype=float)
             last = sorted(run.glob("checkpoints/last*.ckpt"))
-            reason = "no metrics.csv" if logged is None else f"logged no {', '.join(map(repr, missing))} (interrupted, or not tested)"
-            incomplete.append({**row, "reason": reason, "last epoch": int(epochs.max()) if len(epochs) else None,
-                               "last.ckpt": str(last[-1]) if last else None})
+            reason = (
+                "no metrics.csv"
+                if logged is None
+                else f"logged no {', '.join(map(repr, missing))} (interrupted, or not tested)"
+            )
+            incomplete.append(
+                {
+                    **row,
+                    "reason": reason,
+                    "last epoch": int(epochs.max()) if len(epochs) else None,
+                    "last.ckpt": str(last[-1]) if last else None,
+                }
+            )
             continue
         finished.append({**row, **{m: float(logged[m].dropna().iloc[-1]) for m in metrics}})
     columns = ["run", "norm", "seed"]
-    return (pd.DataFrame(finished, columns=[*columns, *metrics]),
-            pd.DataFrame(incomplete, columns=[*columns, "reason", "last epoch", "last.ckpt"]))
+    return (
+        pd.DataFrame(finished, columns=[*columns, *metrics]),
+        pd.DataFrame(incomplete, columns=[*columns, "reason", "last epoch", "last.ckpt"]),
+    )
 
 
 def collect_runs(
@@ -80,13 +92,17 @@ def collect_runs(
         incomplete = incomplete[[only(run) for run in incomplete["run"]]]
     if len(incomplete):
         first = incomplete.iloc[0]
-        raise ValueError(f"run {Path(folder) / first['run']} {first['reason']}; {len(incomplete)} incomplete run(s) in all")
+        raise ValueError(
+            f"run {Path(folder) / first['run']} {first['reason']}; {len(incomplete)} incomplete run(s) in all"
+        )
     if finished.empty:
         raise FileNotFoundError(f"no runs (config.yaml + metrics.csv) under {folder}")
     return finished
 
 
-def summary_table(runs: pd.DataFrame, metrics: str | Sequence[str] = "test/acc", norms: Sequence[str] | None = None) -> pd.DataFrame:
+def summary_table(
+    runs: pd.DataFrame, metrics: str | Sequence[str] = "test/acc", norms: Sequence[str] | None = None
+) -> pd.DataFrame:
     """Mean, sample standard deviation and number of runs of each metric per norm (in ``norms``
     order; by default every norm of ``runs``, sorted)."""
     metrics = [metrics] if isinstance(metrics, str) else list(metrics)
@@ -108,7 +124,9 @@ def parse_arm(arm: str) -> tuple[str, dict[str, Any]]:
     for item in filter(None, options.split(",")):
         key, sep, value = item.partition("=")
         if not sep:
-            raise ValueError(f"--norms {arm!r}: options are key=value pairs separated by commas, e.g. l2bn:rescale=true")
+            raise ValueError(
+                f"--norms {arm!r}: options are key=value pairs separated by commas, e.g. l2bn:rescale=true"
+            )
         try:
             parsed[key] = json.loads(value)  # 1e-3 is a number here (YAML 1.1 would read a string)
         except ValueError:
@@ -134,12 +152,16 @@ def analysis_summary(runs_by_norm: dict[str, list[Path]]) -> pd.DataFrame:
                 values.update(cv_in=norms["cv_in"].mean(), cv_out=norms["cv_out"].mean())
             if (run / "geometry.csv").is_file():
                 geometry = pd.read_csv(run / "geometry.csv")
-                values.update(geometry.loc[geometry["epoch"].idxmax(), ["intra_cos", "inter_angle", "scatter_ratio"]].to_dict())
+                values.update(
+                    geometry.loc[geometry["epoch"].idxmax(), ["intra_cos", "inter_angle", "scatter_ratio"]].to_dict()
+                )
             if (run / "grad_norms.csv").is_file():
                 grads = pd.read_csv(run / "grad_norms.csv")
                 steps = sorted(grads["step"].unique())
                 late = grads[grads["step"].isin(steps[len(steps) // 2 :])]
-                values["grad_log_std"] = late.assign(log=np.log10(late["grad_norm"])).groupby("layer")["log"].std().mean()
+                values["grad_log_std"] = (
+                    late.assign(log=np.log10(late["grad_norm"])).groupby("layer")["log"].std().mean()
+                )
             per_run.append(values)
         table = pd.DataFrame(per_run)
         row: dict[str, Any] = {"norm": norm, "runs": len(table)}

@@ -28,6 +28,15 @@ def paired_differences(runs: pd.DataFrame, metrics: list[str], norms: list[str],
         for metric in metrics:
             diff = other.loc[seeds, metric] - base.loc[seeds, metric]
             mean, low, high = t_interval(diff, level)
-            rows.append({"comparison": f"{norm} - {norms[0]}", "metric": metric, "pairs": len(diff), "mean": mean, "std": diff.std(),
-                         "ci low": low, "ci high": high})
+            rows.append(
+                {
+                    "comparison": f"{norm} - {norms[0]}",
+                    "metric": metric,
+                    "pairs": len(diff),
+                    "mean": mean,
+                    "std": diff.std(),
+                    "ci low": low,
+                    "ci high": high,
+                }
+            )
     return pd.DataFrame(rows)

@@ -1,6 +1,6 @@
 """CUDA tests (marker ``gpu``): skipped with a reason where CUDA is absent, so CI stays green.
 
-    python -m pytest -m gpu tests/gpu        # on a machine with a GPU (benchmarks/gpu_check.py runs it)
+python -m pytest -m gpu tests/gpu        # on a machine with a GPU (benchmarks/gpu_check.py runs it)
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from l2bn_lit import L2BN2d, SyncL2BN, l2_batch_norm
 
 pytestmark = [
     pytest.mark.gpu,
-    pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (a GPU machine): GPU paths are not testable here"),
+    pytest.mark.skipif(
+        not torch.cuda.is_available(), reason="needs CUDA (a GPU machine): GPU paths are not testable here"
+    ),
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -46,7 +48,14 @@ def _run(x, grad, w, b, training=True, fn=l2_batch_norm, **kwargs):
     rv = torch.ones(c, dtype=w.dtype, device=x.device)
     y = fn(x, rm, rv, w, b, training, **kwargs)
     y.backward(grad.to(y.dtype))
-    return {"output": y, "grad_input": x.grad, "grad_weight": w.grad, "grad_bias": b.grad, "running_mean": rm, "running_var": rv}
+    return {
+        "output": y,
+        "grad_input": x.grad,
+        "grad_weight": w.grad,
+        "grad_bias": b.grad,
+        "running_mean": rm,
+        "running_var": rv,
+    }
 
 
 def _assert_close_to_reference(ours: dict, exact: dict, tol: float) -> None:
@@ -63,8 +72,13 @@ def test_float32_on_cuda_matches_the_float64_cpu_reference(layout, training):
     x, grad, w, b = _case()
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     exact = _run(x, grad, w, b, training, fn=reference_l2bn)
-    ours = _run(x.float().to(CUDA, memory_format=fmt), grad.float().to(CUDA, memory_format=fmt), w.float().to(CUDA),
-                b.float().to(CUDA), training)
+    ours = _run(
+        x.float().to(CUDA, memory_format=fmt),
+        grad.float().to(CUDA, memory_format=fmt),
+        w.float().to(CUDA),
+        b.float().to(CUDA),
+        training,
+    )
     _assert_close_to_reference(ours, exact, 2e-5)
     if training:
         assert ours["output"].is_contiguous(memory_format=fmt)
@@ -80,11 +94,19 @@ def test_low_precision_inputs_on_cuda(dtype, layout):
     fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
     x_low = x.to(dtype)
     exact = _run(x_low.double(), grad, w, b, fn=reference_l2bn)
-    ours = _run(x_low.to(CUDA, memory_format=fmt), grad.to(dtype).to(CUDA, memory_format=fmt), w.float().to(CUDA), b.float().to(CUDA))
+    ours = _run(
+        x_low.to(CUDA, memory_format=fmt),
+        grad.to(dtype).to(CUDA, memory_format=fmt),
+        w.float().to(CUDA),
+        b.float().to(CUDA),
+    )
     assert ours["output"].dtype == dtype
     _assert_close_to_reference(ours, exact, 2e-2 if dtype == torch.bfloat16 else 4e-3)
-    _assert_close_to_reference({k: ours[k] for k in ("running_mean", "running_var")},
-                               {k: exact[k] for k in ("running_mean", "running_var")}, 1e-4)
+    _assert_close_to_reference(
+        {k: ours[k] for k in ("running_mean", "running_var")},
+        {k: exact[k] for k in ("running_mean", "running_var")},
+        1e-4,
+    )
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -111,13 +133,16 @@ def test_running_statistics_and_eval_on_cuda(layout):
     torch.testing.assert_close(gpu.running_var.double().cpu(), cpu.running_var, rtol=1e-5, atol=1e-6)
     assert int(gpu.num_batches_tracked) == 3
     x, *_ = _case(seed=9)
-    torch.testing.assert_close(gpu.eval()(x.float().to(CUDA, memory_format=fmt)).double().cpu(), cpu.eval()(x),
-                               rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(
+        gpu.eval()(x.float().to(CUDA, memory_format=fmt)).double().cpu(), cpu.eval()(x), rtol=1e-4, atol=1e-5
+    )
 
 
 def test_compiled_on_cuda_matches_eager():
     torch.manual_seed(0)
-    eager = nn.Sequential(nn.Conv2d(3, 8, 3), L2BN2d(8, rescale=True), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 4)).to(CUDA)
+    eager = nn.Sequential(
+        nn.Conv2d(3, 8, 3), L2BN2d(8, rescale=True), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 8 * 8, 4)
+    ).to(CUDA)
     compiled_model = copy.deepcopy(eager)
     compiled = torch.compile(compiled_model)
     x = torch.randn(6, 3, 10, 10, device=CUDA)
@@ -172,10 +197,25 @@ def test_sync_l2bn_on_nccl_equals_l2bn():
 def test_quickstart_fits_on_cuda(precision, tmp_path):
     from l2bn_lit.lit.cli import main
 
-    cli = main(["fit", "--config", str(ROOT / "configs" / "quickstart.yaml"), "--trainer.accelerator", "cuda",
-                "--trainer.precision", precision, "--trainer.deterministic", "false",
-                "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path),
-                "--trainer.logger", "false"])
+    cli = main(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "configs" / "quickstart.yaml"),
+            "--trainer.accelerator",
+            "cuda",
+            "--trainer.precision",
+            precision,
+            "--trainer.deterministic",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.logger",
+            "false",
+        ]
+    )
     assert cli.trainer.state.finished
     assert cli.trainer.callback_metrics["test/acc"] > 0.9  # 15 epochs: 0.97-0.99 on the CPU
 

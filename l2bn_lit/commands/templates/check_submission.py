@@ -35,7 +35,9 @@ def main(folder: str, name: str, index: str, device_ids: list[str]) -> dict:
     report = {}
     for device_id, features, scores in zip(device_ids, inputs, logits):
         network = api.get_model_for_device(model, device_id)
-        macs = torchinfo.summary(copy.deepcopy(network).float(), input_size=tuple(features.shape), verbose=0).total_mult_adds
+        macs = torchinfo.summary(
+            copy.deepcopy(network).float(), input_size=tuple(features.shape), verbose=0
+        ).total_mult_adds
         report[device_id] = {
             "MACs": int(macs),
             "Params": sum(p.numel() * p.element_size() for p in network.parameters()),

@@ -57,7 +57,9 @@ class DeviceSystem(nn.Module):
         self.networks = nn.ModuleDict({name: self._network(entry) for name, entry in spec["models"].items()})
 
     def _network(self, entry: dict) -> nn.Module:
-        network = build_audio_model(entry["arch"], len(self.class_order), entry["norm"], entry["norm_options"], entry["arch_options"])
+        network = build_audio_model(
+            entry["arch"], len(self.class_order), entry["norm"], entry["norm_options"], entry["arch_options"]
+        )
         network.load_state_dict(entry["state_dict"])
         return network.to(self.dtype).eval()
 
@@ -87,20 +89,27 @@ def load_model(model_file_path: str | None = None) -> DeviceSystem:
     path = Path(model_file_path) if model_file_path is not None else _checkpoint()
     spec = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(spec, dict) or spec.get("format") != FORMAT:
-        raise ValueError(f"{path}: not a checkpoint of an l2bn-lit DCASE 2025 submission (format {FORMAT!r}); "
-                         "write one with l2bn package")
+        raise ValueError(
+            f"{path}: not a checkpoint of an l2bn-lit DCASE 2025 submission (format {FORMAT!r}); "
+            "write one with l2bn package"
+        )
     return DeviceSystem(spec).eval()
 
 
 @torch.no_grad()
-def load_inputs(file_paths: list[str], device_ids: list[str], model: DeviceSystem, batch_size: int = 64) -> list[Tensor]:
+def load_inputs(
+    file_paths: list[str], device_ids: list[str], model: DeviceSystem, batch_size: int = 64
+) -> list[Tensor]:
     """Log-mels ``(1, 1, n_mels, frames)`` (float32, on the CPU) of the files, in their order."""
     if len(file_paths) != len(device_ids):
         raise ValueError(f"{len(file_paths)} file paths but {len(device_ids)} device ids")
     device = next(model.parameters()).device
     inputs: list[Tensor] = []
     for start in range(0, len(file_paths), batch_size):
-        waves = [fit_length(read_audio(path, model.sample_rate), model.samples) for path in file_paths[start : start + batch_size]]
+        waves = [
+            fit_length(read_audio(path, model.sample_rate), model.samples)
+            for path in file_paths[start : start + batch_size]
+        ]
         inputs.extend(model.frontend(torch.stack(waves).to(device)).cpu().split(1))
     return inputs
 
@@ -113,7 +122,11 @@ def get_model_for_device(model: DeviceSystem, device_id: str) -> nn.Module:
 
 @torch.no_grad()
 def predict(
-    file_paths: list[str], device_ids: list[str], model_file_path: str | None = None, use_cuda: bool = True, batch_size: int = 64
+    file_paths: list[str],
+    device_ids: list[str],
+    model_file_path: str | None = None,
+    use_cuda: bool = True,
+    batch_size: int = 64,
 ) -> tuple[list[Tensor], list[str]]:
     """Logits ``(n_classes,)`` per file, in the order of ``file_paths``, and the class names in the
     order of the logits."""
