@@ -10,9 +10,10 @@ from abc import abstractmethod
 
 import pytorch_lightning as pl
 import torch
-from l2bn_lit.resume import collect_rng_states, restore_rng_states
 from pytorch_lightning.accelerators import CPUAccelerator, CUDAAccelerator
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
+
+from l2bn_lit.lit.resume import collect_rng_states, restore_rng_states
 
 
 class EpochShuffleSampler(Sampler[int]):
