@@ -15,14 +15,14 @@ from types import CodeType, ModuleType
 
 #: old module path -> the module that holds its contents now
 MOVED = {
-    "l2bn_lit.module": "l2bn_lit.lit.base",
+    "l2bn_lit.module": "l2bn_lit.lit.classification_module",
     "l2bn_lit.analysis": "l2bn_lit.lit.callbacks",
     "l2bn_lit.checkpoint": "l2bn_lit.lit.checkpoint",
     "l2bn_lit.resume": "l2bn_lit.lit.resume",
     "l2bn_lit.layer_sync": "l2bn_lit.lit.layer_sync",
     "l2bn_lit.csv_logger": "l2bn_lit.lit.csv_logger",
     "l2bn_lit.cli": "l2bn_lit.lit.cli",
-    "l2bn_lit.complexity": "l2bn_lit.reports.complexity",
+    "l2bn_lit.complexity": "l2bn_lit.reports.model_cost",
     "l2bn_lit.dcase": "l2bn_lit.reports.dcase_scores",
     "l2bn_lit.sweep": "l2bn_lit.commands.sweep",
     "l2bn_lit.ablation": "l2bn_lit.commands.ablation",

@@ -15,7 +15,7 @@ from .registry import ARCHITECTURES, build_model
 __all__ = ["ARCHITECTURES", "AUDIO_ARCHITECTURES", "build_audio_model", "build_model"]
 
 #: the LightningModules' former home: configs and checkpoints written before they moved name them so
-_MOVED = {"ImageClassifier": "l2bn_lit.lit.image", "AudioSceneClassifier": "l2bn_lit.lit.audio"}
+_MOVED = {"ImageClassifier": "l2bn_lit.lit.image_classifier", "AudioSceneClassifier": "l2bn_lit.lit.audio_classifier"}
 
 
 def __getattr__(name: str) -> Any:

@@ -8,7 +8,7 @@ from pathlib import Path
 from torch import nn
 
 from l2bn_lit.commands.complexity import main as complexity
-from l2bn_lit.reports.complexity import DCASE_LIMITS, complexity_report, limit_report
+from l2bn_lit.reports.model_cost import DCASE_LIMITS, complexity_report, limit_report
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,7 +20,7 @@ from datamodules.dcase import load_impulse_responses
 from l2bn_lit import L2BN2d, get_norm_layer
 from l2bn_lit.commands.complexity import main as complexity
 from l2bn_lit.lit.cli import main
-from l2bn_lit.reports.complexity import complexity_report
+from l2bn_lit.reports.model_cost import complexity_report
 from models.cp_mobile import CPMobile, make_divisible
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,7 +155,7 @@ def test_device_subset_keeps_the_label_set(root):
 
 
 def test_init_from_starts_from_a_checkpoints_network(synthetic_root, tmp_path):
-    from l2bn_lit.lit.base import CheckpointMismatchError
+    from l2bn_lit.lit.classification_module import CheckpointMismatchError
     from models import AudioSceneClassifier
 
     config = str(ROOT / "configs" / "quickstart_dcase.yaml")

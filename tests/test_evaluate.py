@@ -11,7 +11,7 @@ from tau_lists import write_2025_eval_list
 
 from l2bn_lit.commands.evaluate import find_checkpoints
 from l2bn_lit.commands.evaluate import main as evaluate
-from l2bn_lit.lit.base import CheckpointMismatchError
+from l2bn_lit.lit.classification_module import CheckpointMismatchError
 from l2bn_lit.lit.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -16,7 +16,7 @@ import torch
 
 from datamodules import DigitsDataModule
 from l2bn_lit import L2BN2d
-from l2bn_lit.lit.base import CheckpointMismatchError
+from l2bn_lit.lit.classification_module import CheckpointMismatchError
 from l2bn_lit.lit.cli import main
 from models import ImageClassifier
 

@@ -7,7 +7,7 @@ import torch
 from torchmetrics import MetricCollection
 from torchmetrics.classification import MulticlassAccuracy
 
-from l2bn_lit.lit.base import check_top_k
+from l2bn_lit.lit.classification_module import check_top_k
 from models import ImageClassifier
 
 

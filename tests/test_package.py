@@ -63,6 +63,13 @@ def test_the_project_itself_uses_the_current_module_paths():
         assert not names & set(MOVED), f"{path.relative_to(ROOT)} imports {sorted(names & set(MOVED))}"
 
 
+def test_one_file_name_per_job():
+    """No two modules of the package share a name (a datamodule and a report both called dcase.py, say)."""
+    names = [p.name for folder in ("l2bn_lit", "models", "datamodules") for p in (ROOT / folder).rglob("*.py")]
+    repeated = sorted({name for name in names if names.count(name) > 1} - {"__init__.py"})
+    assert not repeated, repeated
+
+
 def test_the_code_passes_ruff():
     """The linter and the formatter (pyproject.toml [tool.ruff]: lines <= 120), as .ci/run runs them."""
     ruff = shutil.which("ruff")
@@ -156,7 +163,7 @@ def test_a_checkpoint_naming_the_old_class_path_loads(tmp_path):
     """A run's checkpoint whose saved class path is the pre-move ``models.ImageClassifier`` (what the
     code before the move wrote) is loaded by ``l2bn evaluate``'s loader as the image classifier."""
     from l2bn_lit.lit import ImageClassifier
-    from l2bn_lit.lit.base import ClassificationModule
+    from l2bn_lit.lit.classification_module import ClassificationModule
     from l2bn_lit.lit.cli import main as cli_main
     from l2bn_lit.lit.loading import load_module
 

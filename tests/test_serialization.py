@@ -100,7 +100,7 @@ def test_init_from_and_evaluate_refuse_a_bad_file_by_name(tmp_path):
     bad = _write(tmp_path, "bad.ckpt", b"\x00" * 64)
     with pytest.raises(CheckpointError, match=rf"^{bad}"):
         ImageClassifier(num_classes=10, input_shape=[1, 8, 8], arch="small_cnn", init_from=str(bad))
-    from l2bn_lit.lit.base import ClassificationModule
+    from l2bn_lit.lit.classification_module import ClassificationModule
     from l2bn_lit.lit.loading import load_module
 
     with pytest.raises(CheckpointError, match=rf"^{bad}"):

@@ -21,7 +21,7 @@ from l2bn_lit.commands.evaluate import find_checkpoints
 from l2bn_lit.commands.evaluate import main as evaluate
 from l2bn_lit.commands.package import PackageError, submission_spec
 from l2bn_lit.commands.package import main as package
-from l2bn_lit.lit.audio import AudioSceneClassifier
+from l2bn_lit.lit.audio_classifier import AudioSceneClassifier
 from l2bn_lit.lit.loading import load_module
 from l2bn_lit.serialization import load_checkpoint
 

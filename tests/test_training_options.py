@@ -13,7 +13,7 @@ from torchvision.transforms import v2
 
 from datamodules import DeviceImages, DigitsDataModule, ImageFolderDataModule
 from datamodules.device_images import crop_flip_params
-from l2bn_lit.lit.base import CheckpointMismatchError
+from l2bn_lit.lit.classification_module import CheckpointMismatchError
 from l2bn_lit.lit.cli import main
 from l2bn_lit.nn.init import initialize
 from models import ImageClassifier, build_model

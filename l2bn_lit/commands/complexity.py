@@ -11,7 +11,7 @@ import sys
 
 from l2bn_lit.lit.cli import ModelOnlyCLI
 from l2bn_lit.lit.cli import main as cli_main
-from l2bn_lit.reports.complexity import complexity_report, limit_report
+from l2bn_lit.reports.model_cost import complexity_report, limit_report
 
 __all__ = ["main"]
 
@@ -19,7 +19,7 @@ __all__ = ["main"]
 def main(argv: list[str] | None = None) -> dict[str, int]:
     """Builds the model of a CLI config (without its data where the datamodule allows: the audio
     datamodules need none, so the DCASE limits can be checked before downloading) and prints its
-    complexity (:func:`l2bn_lit.reports.complexity.complexity_report`: torchinfo's MACs, as the challenge
+    complexity (:func:`l2bn_lit.reports.model_cost.complexity_report`: torchinfo's MACs, as the challenge
     counts them, and L2BN's inference cost apart) and, for audio models or with ``--limits dcase``,
     the DCASE Task 1 limits check on their sum. ``--bits N`` (default 16): the precision the
     parameters would ship in."""

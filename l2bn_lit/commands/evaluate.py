@@ -14,7 +14,7 @@ into ``--out``: per checkpoint the precision it ran at (``--precision``: 16 for 
 as the DCASE baselines ship them), the macro class-wise accuracy (DCASE's rank), accuracy, log loss,
 for audio the macro accuracy on devices seen in training and on unseen ones, parameters, their memory
 at the dtype they ran at and MACs (torchinfo's count plus L2BN's per-sample norms,
-:mod:`l2bn_lit.reports.complexity`); a device-specific system's figures are its largest model's (the limits
+:mod:`l2bn_lit.reports.model_cost`); a device-specific system's figures are its largest model's (the limits
 hold per device model), an ensemble's the sum;
 and an ensemble row (the mean of the models' probabilities).
 
@@ -38,12 +38,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from l2bn_lit.lit.base import ClassificationModule
+from l2bn_lit.lit.classification_module import ClassificationModule
 from l2bn_lit.lit.cli import LINKED
 from l2bn_lit.lit.cli import main as cli_main
 from l2bn_lit.lit.loading import load_module
-from l2bn_lit.reports.complexity import complexity_report
 from l2bn_lit.reports.dcase_scores import dcase_report, write_submission
+from l2bn_lit.reports.model_cost import complexity_report
 
 from .options import parse_device_model
 

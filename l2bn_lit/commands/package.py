@@ -15,7 +15,7 @@ second index adds its module to ``DIR``.
 Every network is rebuilt from its settings and must give the checkpoint's own outputs before it is
 written. Then the package is measured in a fresh interpreter that cannot import this project, as the
 challenge's ``test_complexity.py`` measures it (per device: torchinfo MACs and parameter bytes), and
-the project's count of L2BN's per-sample norms is added (:mod:`l2bn_lit.reports.complexity`); the per-device
+the project's count of L2BN's per-sample norms is added (:mod:`l2bn_lit.reports.model_cost`); the per-device
 table goes to ``DIR/complexity_<name>_<index>.json`` with the limits' verdict.
 """
 
@@ -35,9 +35,9 @@ import soundfile as sf
 import torch
 from torch import nn
 
-from l2bn_lit.lit.audio import AudioSceneClassifier
+from l2bn_lit.lit.audio_classifier import AudioSceneClassifier
 from l2bn_lit.lit.loading import load_module
-from l2bn_lit.reports.complexity import DCASE_LIMITS, count_network
+from l2bn_lit.reports.model_cost import DCASE_LIMITS, count_network
 from models.audio import build_audio_model
 
 from .options import parse_device_model

@@ -34,12 +34,12 @@ from pytorch_lightning.utilities import grad_norm
 from torch import Tensor, nn
 
 from l2bn_lit.nn import NORM_TYPES
-from l2bn_lit.reports.complexity import complexity_report
 from l2bn_lit.reports.geometry import feature_geometry, sample_norm_cv
+from l2bn_lit.reports.model_cost import complexity_report
 from l2bn_lit.reports.plots import plot_feature_norms, plot_geometry, plot_grad_norms
 from models.heads import classifier_of
 
-from .base import run_folder
+from .classification_module import run_folder
 
 __all__ = ["CALLBACKS", "ComplexityReport", "FeatureNormMonitor", "GradientNormMonitor", "PenultimateGeometry"]
 

@@ -46,9 +46,9 @@ from datamodules.base import ClassificationDataModule
 from l2bn_lit.errors import debugging, tidy_parser_message
 from l2bn_lit.serialization import load_checkpoint
 
-from .base import CheckpointMismatchError, ClassificationModule, architecture_mismatches
 from .callbacks import ComplexityReport
 from .checkpoint import AtomicCheckpointIO, TieBreakingCheckpoint
+from .classification_module import CheckpointMismatchError, ClassificationModule, architecture_mismatches
 from .layer_sync import L2BNLayerSync
 from .resume import PreemptionCheckpoint, RNGStateCheckpoint
 

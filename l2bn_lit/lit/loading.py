@@ -12,7 +12,7 @@ import yaml
 
 from l2bn_lit.serialization import SAFE_GLOBALS, load_checkpoint
 
-from .base import CheckpointMismatchError, ClassificationModule, architecture_mismatches
+from .classification_module import CheckpointMismatchError, ClassificationModule, architecture_mismatches
 from .cli import LINKED
 
 __all__ = ["load_module"]

@@ -1,5 +1,5 @@
 """The image-classification LightningModule: a network from :func:`models.build_model` on the
-shared :class:`l2bn_lit.lit.base.ClassificationModule`.
+shared :class:`l2bn_lit.lit.classification_module.ClassificationModule`.
 
 The walk of ``norm`` from a config to the layers: ``model.init_args.norm`` -> :class:`ImageClassifier`
 (here) -> :func:`models.registry.build_model` (``get_norm_layer(norm, **norm_options)`` of
@@ -15,7 +15,7 @@ from torch.optim.swa_utils import update_bn
 
 from models.registry import build_model
 
-from .base import ClassificationModule
+from .classification_module import ClassificationModule
 
 __all__ = ["ImageClassifier"]
 
@@ -38,7 +38,8 @@ class ImageClassifier(ClassificationModule):
             Pretrained BN statistics describe BN's input; L2BN normalizes the l2-normalized input, whose
             scale is about ``1/sqrt(D)`` of it, so the old statistics would be off by that factor.
             ``torch.optim.swa_utils.update_bn`` does the re-estimation (a cumulative average).
-        **kwargs: :class:`~l2bn_lit.lit.base.ClassificationModule`'s options (init, optimizer, schedule, ...).
+        **kwargs: :class:`~l2bn_lit.lit.classification_module.ClassificationModule`'s options (init, optimizer,
+            schedule, ...).
     """
 
     architecture_keys = (*ClassificationModule.architecture_keys, "arch", "arch_options", "norm", "norm_options")

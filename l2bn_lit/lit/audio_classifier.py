@@ -15,7 +15,7 @@ from models.audio import LogMelClassifier, build_audio_model
 from models.audio_augment import FreqMixStyle, SpecAugment, TimeRoll, WaveRoll
 from models.frontend import LogMel, LogMelSettings
 
-from .base import ClassificationModule, run_folder
+from .classification_module import ClassificationModule, run_folder
 
 __all__ = ["AudioSceneClassifier"]
 
@@ -59,7 +59,8 @@ class AudioSceneClassifier(ClassificationModule):
         mixstyle_p, mixstyle_alpha: Freq-MixStyle probability per batch (0: off) and Beta parameter.
         predict_precision: the precision ``predict`` runs the network on the features at (``16``: as
             the DCASE baselines ship their models, ``model.half()``; see :meth:`set_inference_precision`).
-        **kwargs: :class:`~l2bn_lit.lit.base.ClassificationModule` options (init, optimizer, mixup, ...).
+        **kwargs: :class:`~l2bn_lit.lit.classification_module.ClassificationModule` options (init, optimizer,
+            mixup, ...).
     """
 
     architecture_keys = (
