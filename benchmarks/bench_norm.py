@@ -26,6 +26,9 @@ from l2bn_lit import L2BN2d
 from l2bn_lit.nn.fused import use_kernels
 
 SHAPES = [(128, 16, 32, 32), (128, 64, 8, 8), (64, 64, 56, 56), (32, 256, 14, 14)]
+#: maps of at most 16 values per channel (late stages of ImageNet-size networks), where the CPU's
+#: training path is the composite (``l2bn_lit.nn.functional._PER_OP_BOUND_MAP``)
+SMALL_MAPS = [(32, 256, 3, 3), (128, 64, 2, 2)]
 #: tensor work negligible: what remains is per-call overhead
 OVERHEAD_PROBE = (128, 64, 1, 2)
 
@@ -138,7 +141,8 @@ def main() -> None:
     for channels_last in layouts:
         for shape in SHAPES:
             rows += bench_shape(shape, args.device, channels_last, args.compile, args.repeats, args.warmup, dtype)
-    rows += bench_shape(OVERHEAD_PROBE, args.device, False, args.compile, args.repeats, args.warmup, dtype)
+    for shape in [*SMALL_MAPS, OVERHEAD_PROBE]:
+        rows += bench_shape(shape, args.device, False, args.compile, args.repeats, args.warmup, dtype)
     table = pd.DataFrame(rows)
     print(
         f"torch {torch.__version__}, device {args.device}, threads {torch.get_num_threads()}, "

@@ -123,7 +123,8 @@ HARD_INPUTS = {
 
 HARD_SHAPES = [
     (shape, layout)
-    for shape in [(2, 3, 4, 5), (16, 8, 6, 6), (8, 4, 7), (2, 6)]
+    # (8, 4, 7), (16, 8, 2, 2) and (32, 4, 1, 2): maps of at most 16 values (the CPU's gemv reductions)
+    for shape in [(2, 3, 4, 5), (16, 8, 6, 6), (8, 4, 7), (16, 8, 2, 2), (32, 4, 1, 2), (2, 6)]
     for layout in (["contiguous", "channels_last"] if len(shape) == 4 else ["contiguous"])
 ]
 
@@ -204,3 +205,18 @@ def test_eps_effect_and_rescale():
     assert std_plain == pytest.approx(expected, rel=0.02)
     assert std_plain < 0.6
     assert std_rescaled == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    "shape,composite", [((8, 4, 7), True), ((16, 8, 4, 4), True), ((5, 4), True), ((4, 3, 5, 6), False)]
+)
+def test_tiny_cpu_maps_train_through_the_composite(shape, composite):
+    """Maps of at most 16 values per channel (contiguous, CPU) take the composite (per-sample scale, then
+    F.batch_norm: fewer ops); larger ones the analytic path. Both equal the float64 reference above."""
+    x = torch.randn(shape, requires_grad=True)
+    y = l2_batch_norm(x, torch.zeros(shape[1]), torch.ones(shape[1]), training=True)
+    assert ("_L2BatchNormTrain" not in type(y.grad_fn).__name__) == composite
+    channels_last = x.detach().unsqueeze(-1).contiguous(memory_format=torch.channels_last) if len(shape) == 3 else None
+    if channels_last is not None and channels_last.dim() == 4:
+        y = l2_batch_norm(channels_last.requires_grad_(), None, None, training=True)
+        assert "_L2BatchNormTrain" in type(y.grad_fn).__name__  # the composite is for contiguous maps only

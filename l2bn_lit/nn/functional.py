@@ -24,6 +24,10 @@ Only ``x`` is kept for backward, as batch norm keeps it. The small ``(N, C)`` al
 (float64 for float64 input) whatever the input dtype, so float16/bfloat16 inputs whose squared
 norms exceed their range (e.g. 65504 for float16) still give finite, float32-accurate statistics.
 
+On the CPU, contiguous float32/float64 maps of at most ``_PER_OP_BOUND_MAP`` values per (sample,
+channel) train through the composite instead (the per-sample scale, then ``F.batch_norm``): there the
+analytic path's small ``(N, C)`` operations cost more than the passes it saves.
+
 The eval path (running statistics) is plain differentiable tensor algebra without a custom
 ``autograd.Function``, so :func:`torch.export.export` and ONNX export can trace it.
 """
@@ -33,6 +37,7 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .fused import l2_batch_norm_train, use_fused_kernels
@@ -266,6 +271,24 @@ class _L2BatchNormTrain(torch.autograd.Function):
         return grad_x, grad_weight, grad_bias_out, None, None, None, None, None, None
 
 
+#: on the CPU, training maps of at most this many values per (sample, channel) run as the composite
+#: (per-sample scale, then ``F.batch_norm``, autograd's backward): there the analytic path's ~80 small
+#: ``(N, C)`` ops cost more than its saved passes (benchmarks/bench_norm.py, docs/performance.md)
+_PER_OP_BOUND_MAP = 16
+
+
+def _per_op_bound(x: Tensor) -> bool:
+    """Whether ``x`` (contiguous float32/float64 on the CPU, eager) has maps small enough for the composite."""
+    spatial = x[0, 0].numel() if x.dim() > 2 else 1
+    return (
+        x.device.type == "cpu"
+        and x.dtype in (torch.float32, torch.float64)
+        and x.is_contiguous()
+        and spatial <= _PER_OP_BOUND_MAP
+        and not torch.compiler.is_compiling()
+    )
+
+
 def _l2_normalize_eval(x: Tensor, l2_eps: float, rescale: bool) -> Tensor:
     """Per-sample scale ``s`` as an ``(N, 1, ...)`` tensor in float32 (float64 for float64)."""
     acc = _accumulation_dtype(x.dtype)
@@ -331,6 +354,9 @@ def l2_batch_norm(
             y, mu, var = l2_batch_norm_train(input, weight, bias, eps, l2_eps, rescale)
             _update_running_stats(running_mean, running_var, mu, var, input.numel() // channels, momentum)
             return y
+        if _per_op_bound(input):  # tiny maps on the CPU: the composite's fewer ops cost less
+            s = _l2_normalize_eval(input, l2_eps, rescale)
+            return F.batch_norm(input * s, running_mean, running_var, weight, bias, True, momentum, eps)
         return _L2BatchNormTrain.apply(input, weight, bias, running_mean, running_var, momentum, eps, l2_eps, rescale)
     if running_mean is None or running_var is None:
         raise ValueError("l2_batch_norm: running_mean and running_var are required when training=False")
