@@ -6,7 +6,8 @@
 - :class:`PenultimateGeometry`: intra-class compactness, inter-class discrepancy and the
   within/between scatter ratio of the penultimate features on the validation set (claim 2);
 - :class:`GradientNormMonitor`: the l2 norm of each layer's weight gradient (claim 3);
-- :class:`ComplexityReport`: ``complexity.json`` at the start of fit (the CLI adds it to every run).
+- :class:`ComplexityReport`: ``complexity.json`` at the start of fit (the CLI adds it to every run);
+- :class:`TrainingClock`: training seconds and images per second per epoch (time-to-accuracy).
 
 The first three log to the run's loggers while training, and at the end of fit write their history
 as CSV and a plot (PNG) into the run folder. Add them to a config::
@@ -23,6 +24,7 @@ or on the command line: ``--trainer.callbacks+=l2bn_lit.lit.callbacks.FeatureNor
 from __future__ import annotations
 
 import json
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,14 @@ from models.heads import classifier_of
 
 from .classification_module import run_folder
 
-__all__ = ["CALLBACKS", "ComplexityReport", "FeatureNormMonitor", "GradientNormMonitor", "PenultimateGeometry"]
+__all__ = [
+    "CALLBACKS",
+    "ComplexityReport",
+    "FeatureNormMonitor",
+    "GradientNormMonitor",
+    "PenultimateGeometry",
+    "TrainingClock",
+]
 
 
 class _HistoryCallback(pl.Callback):
@@ -262,3 +271,56 @@ class ComplexityReport(pl.Callback):
         report = complexity_report(pl_module, list(shape))
         folder.mkdir(parents=True, exist_ok=True)
         (folder / "complexity.json").write_text(json.dumps(report, indent=2))
+
+
+class TrainingClock(pl.Callback):
+    """Wall time spent training, for time-to-accuracy: logs ``time/train_s`` (seconds of training epochs so
+    far: validation, testing and the sanity check excluded) and ``time/images_per_s`` (this epoch's training
+    images per second, all processes) at the end of every epoch.
+
+    An epoch's clock runs from its start to the start of its validation (or its end). On CUDA the device is
+    synchronized at those two edges, so queued kernels count in the epoch that runs them. The total is saved
+    in checkpoints: a resumed run goes on counting (:func:`l2bn_lit.reports.runs.time_to_accuracy` reads it).
+    """
+
+    def __init__(self) -> None:
+        self.train_s = 0.0
+        self._start: float | None = None
+        self._epoch_s = 0.0
+        self._images = 0
+
+    @staticmethod
+    def _now(pl_module: pl.LightningModule) -> float:
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+        return time.perf_counter()
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._images, self._epoch_s = 0, 0.0
+        self._start = self._now(pl_module)
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        self._images += len(batch[0]) * trainer.world_size
+
+    def _stop(self, pl_module: pl.LightningModule) -> None:
+        if self._start is not None:
+            self._epoch_s += self._now(pl_module) - self._start
+            self._start = None
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not trainer.sanity_checking:
+            self._stop(pl_module)
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._stop(pl_module)
+        self.train_s += self._epoch_s
+        rate = self._images / self._epoch_s if self._epoch_s > 0 else float("nan")
+        pl_module.log_dict({"time/train_s": self.train_s, "time/images_per_s": rate}, on_epoch=True)
+
+    def state_dict(self) -> dict[str, float]:
+        return {"train_s": self.train_s}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.train_s = float(state_dict["train_s"])

@@ -18,7 +18,15 @@ import numpy as np
 import pandas as pd
 import yaml
 
-__all__ = ["analysis_summary", "collect_runs", "norm_label", "parse_arm", "scan_runs", "summary_table"]
+__all__ = [
+    "analysis_summary",
+    "collect_runs",
+    "norm_label",
+    "parse_arm",
+    "scan_runs",
+    "summary_table",
+    "time_to_accuracy",
+]
 
 
 def norm_label(norm: str, options: dict[str, Any] | None = None) -> str:
@@ -169,3 +177,14 @@ def analysis_summary(runs_by_norm: dict[str, list[Path]]) -> pd.DataFrame:
             row[f"{column} mean"], row[f"{column} std"] = table[column].mean(), table[column].std()
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def time_to_accuracy(run: str | Path, target: float, metric: str = "val/acc") -> float | None:
+    """Training seconds (``time/train_s`` of :class:`~l2bn_lit.lit.callbacks.TrainingClock`) at the end of
+    the first epoch whose ``metric`` reached ``target``; None when no epoch did (or the run has no clock)."""
+    table = pd.read_csv(Path(run) / "metrics.csv")
+    if "time/train_s" not in table or metric not in table:
+        return None
+    by_epoch = table.groupby("epoch")[["time/train_s", metric]].max().dropna()
+    reached = by_epoch[by_epoch[metric] >= target]
+    return float(reached["time/train_s"].iloc[0]) if len(reached) else None

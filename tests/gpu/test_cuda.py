@@ -220,6 +220,40 @@ def test_quickstart_fits_on_cuda(precision, tmp_path):
     assert cli.trainer.callback_metrics["test/acc"] > 0.9  # 15 epochs: 0.97-0.99 on the CPU
 
 
+def test_training_clock_on_cuda_counts_synchronized_epochs(tmp_path):
+    """The recipe's TrainingClock on a GPU (it synchronizes at the epoch's edges): seconds grow, images/s is set."""
+    import json
+
+    import pandas as pd
+
+    from l2bn_lit.lit.cli import main
+
+    logger = {"class_path": "l2bn_lit.lit.csv_logger.RunCSVLogger", "init_args": {"save_dir": str(tmp_path)}}
+    cli = main(
+        [
+            "fit",
+            "--config",
+            str(ROOT / "configs" / "quickstart.yaml"),
+            "--trainer.accelerator",
+            "cuda",
+            "--trainer.precision",
+            "bf16-mixed",
+            "--trainer.max_epochs",
+            "2",
+            "--trainer.deterministic",
+            "false",
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.callbacks+=l2bn_lit.lit.callbacks.TrainingClock",
+            "--trainer.logger",
+            json.dumps(logger),
+        ]
+    )
+    table = pd.read_csv(Path(cli.trainer.log_dir) / "metrics.csv").groupby("epoch").max()
+    assert 0 < table.loc[0, "time/train_s"] < table.loc[1, "time/train_s"]
+    assert (table["time/images_per_s"] > 0).all()
+
+
 def test_audio_front_end_on_cuda_matches_cpu():
     from models.frontend import LogMel
 
