@@ -26,7 +26,8 @@ norms exceed their range (e.g. 65504 for float16) still give finite, float32-acc
 
 On the CPU, contiguous float32/float64 maps of at most ``_PER_OP_BOUND_MAP`` values per (sample,
 channel) train through the composite instead (the per-sample scale, then ``F.batch_norm``): there the
-analytic path's small ``(N, C)`` operations cost more than the passes it saves.
+analytic path's small ``(N, C)`` operations cost more than the passes it saves. ``torch.export`` traces
+the composite too, so that an exported training graph runs forward and backward under autograd.
 
 The eval path (running statistics) is plain differentiable tensor algebra without a custom
 ``autograd.Function``, so :func:`torch.export.export` and ONNX export can trace it.
@@ -354,7 +355,9 @@ def l2_batch_norm(
             y, mu, var = l2_batch_norm_train(input, weight, bias, eps, l2_eps, rescale)
             _update_running_stats(running_mean, running_var, mu, var, input.numel() // channels, momentum)
             return y
-        if _per_op_bound(input):  # tiny maps on the CPU: the composite's fewer ops cost less
+        # tiny maps on the CPU: the composite's fewer ops cost less; under torch.export: a training graph of
+        # standard ops that autograd differentiates when the exported program runs
+        if _per_op_bound(input) or torch.compiler.is_exporting():
             s = _l2_normalize_eval(input, l2_eps, rescale)
             return F.batch_norm(input * s, running_mean, running_var, weight, bias, True, momentum, eps)
         return _L2BatchNormTrain.apply(input, weight, bias, running_mean, running_var, momentum, eps, l2_eps, rescale)
