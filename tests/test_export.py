@@ -52,16 +52,17 @@ def test_training_mode_torch_export_of_a_converted_resnet_runs_forward_and_backw
 
     torch.manual_seed(0)
     model = convert_norm(torchvision.models.resnet18(num_classes=10), "l2bn").train()
-    eager = copy.deepcopy(model)
+    eager, reference = copy.deepcopy(model), copy.deepcopy(model).double()
     x = torch.randn(4, 3, 32, 32)
     exported = torch.export.export(model, (x,)).module()
     out, ref = exported(x), eager(x)
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
-    out.square().mean().backward()
-    ref.square().mean().backward()
-    grads = dict(exported.named_parameters())
-    for name, param in eager.named_parameters():  # the same math, other float32 rounding (composite vs analytic)
-        error = (grads[name].grad - param.grad).abs().max() / param.grad.abs().max()
-        assert error < 1e-4, f"{name}: relative gradient error {error:.1e}"
+    for output in (out, ref, reference(x.double())):
+        output.square().mean().backward()
+    exported_params, eager_params = dict(exported.named_parameters()), dict(eager.named_parameters())
+    for name, param in reference.named_parameters():  # the same math, other float32 rounding (composite vs analytic)
+        for path, params in (("exported", exported_params), ("eager", eager_params)):
+            error = (params[name].grad.double() - param.grad).abs().max() / param.grad.abs().max()
+            assert error < 2e-4, f"{path} {name}: relative gradient error {error:.1e} against float64"
     buffers = dict(exported.named_buffers())
     torch.testing.assert_close(buffers["bn1.running_mean"], eager.bn1.running_mean, rtol=1e-4, atol=1e-6)

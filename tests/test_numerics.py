@@ -171,8 +171,9 @@ def test_float32_hard_inputs(kind, shape, layout):
 
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("rescale", [False, True])
-def test_all_zero_sample_is_finite(training, rescale):
-    x = torch.randn(4, 3, 5, 5)
+@pytest.mark.parametrize("shape", [(4, 3, 5, 5), (8, 3, 2, 2)], ids=["analytic", "tiny_maps"])
+def test_all_zero_sample_is_finite(training, rescale, shape):
+    x = torch.randn(shape)
     x[1] = 0
     module = L2BN2d(3, rescale=rescale).train(training)
     if not training:
@@ -211,8 +212,9 @@ def test_eps_effect_and_rescale():
     "shape,composite", [((8, 4, 7), True), ((16, 8, 4, 4), True), ((5, 4), True), ((4, 3, 5, 6), False)]
 )
 def test_tiny_cpu_maps_train_through_the_composite(shape, composite):
-    """Maps of at most 16 values per channel (contiguous, CPU) take the composite (per-sample scale, then
-    F.batch_norm: fewer ops); larger ones the analytic path. Both equal the float64 reference above."""
+    """Maps of at most 16 values per channel (contiguous, CPU) take the composite (the per-sample scale with
+    its own few-op backward, then F.batch_norm); larger ones the analytic path. Both equal the float64
+    reference above (the hard inputs and gradcheck include such maps)."""
     x = torch.randn(shape, requires_grad=True)
     y = l2_batch_norm(x, torch.zeros(shape[1]), torch.ones(shape[1]), training=True)
     assert ("_L2BatchNormTrain" not in type(y.grad_fn).__name__) == composite

@@ -25,8 +25,9 @@ Only ``x`` is kept for backward, as batch norm keeps it. The small ``(N, C)`` al
 norms exceed their range (e.g. 65504 for float16) still give finite, float32-accurate statistics.
 
 On the CPU, contiguous float32/float64 maps of at most ``_PER_OP_BOUND_MAP`` values per (sample,
-channel) train through the composite instead (the per-sample scale, then ``F.batch_norm``): there the
-analytic path's small ``(N, C)`` operations cost more than the passes it saves. ``torch.export`` traces
+channel) train through the composite instead (the per-sample scale with a few-op backward, then
+``F.batch_norm``): there every per-(sample, channel) operation of the analytic path loops over too few
+values to run fast. ``torch.export`` traces
 the composite too, so that an exported training graph runs forward and backward under autograd.
 
 The eval path (running statistics) is plain differentiable tensor algebra without a custom
@@ -71,37 +72,43 @@ def _as_rows(t: Tensor) -> Tensor | None:
 _ILL_CONDITIONED = 16.0
 
 
-def _moments(x: Tensor, acc: torch.dtype) -> tuple[Tensor, Tensor]:
-    """Per-(sample, channel) mean ``m`` and biased variance ``v`` of ``x`` over its spatial dims,
-    both ``(N, C)`` in ``acc``, reading ``x`` as few times as the device allows.
+def _moments(x: Tensor, acc: torch.dtype, spatial: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-(sample, channel) mean ``m``, biased variance ``v`` and sum of squares ``sq`` of ``x`` over
+    its spatial dims, each ``(N, C)`` in ``acc``, reading ``x`` as few times as the device allows.
 
     * float32/float64 on an accelerator or under ``torch.compile``: one Welford pass
       (``torch.var_mean``, the algorithm of batch norm's CUDA statistics kernel);
     * float32/float64 on the CPU, where ``var_mean``'s Welford kernel is about 30x slower than a
-      plain reduction: the mean and the sum of squares (two vectorized reads, nothing written), or
-      the exact centred variance wherever that one-pass formula would cancel (``m^2 > 16 v``);
+      plain reduction: the mean and the sum of squares (two vectorized reads, nothing written), or the
+      exact centred variance wherever that one-pass formula would cancel (``m^2 > 16 v``);
     * float16/bfloat16: mean and centred sum of squares accumulated in ``acc`` (their squares can
       exceed the input type's range).
     """
-    spatial = tuple(range(2, x.dim()))
-    if not spatial:
+    dims = tuple(range(2, x.dim()))
+    if not dims:
         m = x.to(acc)
-        return m, torch.zeros_like(m)
-    size = x[0, 0].numel()
+        return m, torch.zeros_like(m), m * m
     if x.dtype == acc and (x.device.type != "cpu" or torch.compiler.is_compiling()):
-        v, m = torch.var_mean(x, spatial, correction=0)
-        return m, v
-    m = x.mean(spatial, dtype=acc)
+        v, m = torch.var_mean(x, dims, correction=0)
+        return m, v, torch.addcmul(v, m, m).mul_(spatial)
     if x.dtype == acc:
+        m = x.mean(dims)
         # vector_norm is fast for an inner reduction; over the strided spatial dims of channels_last
         # it is ~20x slower than squaring and summing
-        sum_sq = torch.linalg.vector_norm(x, 2, dim=spatial).square_() if x.is_contiguous() else (x * x).sum(spatial)
-        m_sq = m * m
-        v = sum_sq.div_(size).sub_(m_sq).clamp_min_(0.0)
-        if not (m_sq > _ILL_CONDITIONED * v).any():
-            return m, v
-    centred = torch.sub(x, _expand(m, x).to(x.dtype))
-    return m, torch.linalg.vector_norm(centred, 2, dim=spatial, dtype=acc).square_().div_(size)
+        sq = torch.linalg.vector_norm(x, 2, dim=dims).square_() if x.is_contiguous() else (x * x).sum(dims)
+        v = torch.addcmul(sq / spatial, m, m, value=-1.0)
+        # well conditioned (v >= m^2 / 16, so v >= 0) everywhere: one pass was exact enough
+        if torch.addcmul(v, m, m, value=-1.0 / _ILL_CONDITIONED).amin().item() >= 0:
+            return m, v, sq
+    else:
+        m = x.mean(dims, dtype=acc)
+    v = torch.linalg.vector_norm(_centred(x, m), 2, dim=dims, dtype=acc).square_().div_(spatial)
+    return m, v, torch.addcmul(v, m, m).mul_(spatial)
+
+
+def _centred(x: Tensor, m: Tensor) -> Tensor:
+    """``x - m`` in ``x``'s dtype, ``m`` ``(N, C)``."""
+    return torch.sub(x, _expand(m, x).to(x.dtype))
 
 
 def _affine(x: Tensor, m: Tensor, a: Tensor, b: Tensor) -> Tensor:
@@ -115,25 +122,13 @@ def _affine(x: Tensor, m: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """
     rows = _as_rows(x)
     if rows is not None:
-        flat = [t.reshape(-1) for t in (a, b, m)]
-        y = torch.empty_like(x)  # written through a view, returned whole: no view leaves a custom Function
-        none = x.new_empty(0, dtype=m.dtype)
-        torch.ops.aten.native_batch_norm.out(
-            rows,
-            *flat,
-            torch.ones_like(flat[0]),
-            False,
-            0.0,
-            0.0,
-            out=y.view_as(rows),
-            save_mean=none,
-            save_invstd=none.clone(),
-        )
-        return y
+        a, b, m = (t.reshape(-1) for t in (a, b, m))
+        y = torch.ops.aten._native_batch_norm_legit_no_training(rows, a, b, m, torch.ones_like(m), 0.0, 0.0)[0]
+        # _unsafe_view: autograd does not see a view (none may leave a custom Function: in-place ops after it)
+        return torch.ops.aten._unsafe_view(y, x.shape)
     if x.dtype == a.dtype:
         return torch.addcmul(_expand(torch.addcmul(b, a, m, value=-1.0), x), x, _expand(a, x))
-    centred = torch.sub(x, _expand(m, x).to(x.dtype))
-    return centred.mul_(_expand(_to_finite(a, x.dtype), x)).add_(_expand(_to_finite(b, x.dtype), x))
+    return _centred(x, m).mul_(_expand(_to_finite(a, x.dtype), x)).add_(_expand(_to_finite(b, x.dtype), x))
 
 
 def _grad_sums(grad: Tensor, x: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
@@ -143,7 +138,7 @@ def _grad_sums(grad: Tensor, x: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
     if x.dim() == 2:
         return grad.to(m.dtype), grad.to(m.dtype) * (x.to(m.dtype) - m)
     x_rows = _as_rows(x)
-    spatial = tuple(range(2, x.dim()))
+    dims = tuple(range(2, x.dim()))
     compiling = torch.compiler.is_compiling()  # then the centred sums below: inductor fuses them into one reduction
     if x_rows is not None and not compiling:
         # Batch norm's fused backward reduction on the (1, N*C, S) view: one pass over (grad, x).
@@ -158,10 +153,10 @@ def _grad_sums(grad: Tensor, x: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
                 g_rows, x_rows, None, None, None, m.reshape(-1), ones, True, 0.0, [False, True, True]
             )
         return g_sum.view(n, c), g_xc.view(n, c)
-    g_sum = grad.sum(spatial, dtype=m.dtype)
+    g_sum = grad.sum(dims, dtype=m.dtype)
     if x.dtype == m.dtype and not compiling:  # channels_last: sum(grad * x) - m * sum(grad)
-        return g_sum, (grad * x).sum(spatial).sub_(m * g_sum)
-    return g_sum, (grad * torch.sub(x, _expand(m, x).to(x.dtype))).sum(spatial, dtype=m.dtype)
+        return g_sum, (grad * x).sum(dims).sub_(m * g_sum)
+    return g_sum, (grad * _centred(x, m)).sum(dims, dtype=m.dtype)
 
 
 def _expand(t: Tensor, like: Tensor) -> Tensor:
@@ -194,6 +189,10 @@ def _update_running_stats(
         running_var.lerp_(unbiased.to(running_var.dtype), momentum)
 
 
+def _as_acc(t: Tensor, acc: torch.dtype) -> Tensor:
+    return t if t.dtype == acc else t.to(acc)
+
+
 class _L2BatchNormTrain(torch.autograd.Function):
     """Training-mode L2BN with batch statistics: fused forward, analytic backward."""
 
@@ -211,58 +210,62 @@ class _L2BatchNormTrain(torch.autograd.Function):
         rescale: bool,
     ) -> Tensor:
         n, c = x.shape[:2]
-        size = x[0].numel()
-        spatial = size // c
+        spatial = math.prod(x.shape[2:])
         acc = _accumulation_dtype(x.dtype)
 
-        m, v = _moments(x, acc)  # (N, C)
-        sq_norm = torch.addcmul(v, m, m).sum(1).mul_(spatial)  # ||x[n]||^2, (N,)
+        m, v, sq = _moments(x, acc, spatial)  # (N, C)
+        sq_norm = sq.sum(1)  # ||x[n]||^2, (N,)
         # s[n] = k / max(||x[n]||, l2_eps); rsqrt(0) = inf is clamped as max() would
-        k = math.sqrt(size) if rescale else 1.0
-        s = sq_norm.rsqrt().clamp_max_(1.0 / l2_eps).mul_(k)[:, None]  # (N, 1)
+        s = sq_norm.rsqrt().clamp_max_(1.0 / l2_eps)[:, None]  # (N, 1)
+        if rescale:
+            s.mul_(math.sqrt(c * spatial))
         d = s * m
         mu = d.mean(0)  # (C,) batch mean of xh
         d.sub_(mu)  # (N, C) per-sample mean of xh, centred
-        var = torch.addcmul(d.square(), s.square(), v).mean(0)  # (C,) biased batch variance of xh
-        invstd = (var + eps).rsqrt_()
-        gain = invstd if weight is None else weight.to(acc) * invstd  # (C,)
-        shift = gain * d if bias is None else torch.addcmul(bias.to(acc), gain, d)  # (N, C)
-        y = _affine(x, m, s * gain, shift)  # gain * s * (x - m) + gain * d + bias
+        var = torch.addcmul(d * d, s * s, v).mean(0)  # (C,) biased batch variance of xh
+        invstd = torch.rsqrt(var + eps)
+        gain = invstd if weight is None else _as_acc(weight, acc) * invstd  # (C,)
+        shift = gain * d if bias is None else torch.addcmul(_as_acc(bias, acc), gain, d)  # (N, C)
+        a = s * gain  # (N, C)
+        y = _affine(x, m, a, shift)  # gain * s * (x - m) + gain * d + bias
 
         _update_running_stats(running_mean, running_var, mu, var, n * spatial, momentum)
-        ctx.save_for_backward(x, weight, m, v, s, sq_norm, d, invstd, gain)
+        ctx.save_for_backward(x, weight, m, v, s, sq_norm, d, invstd, gain, a)
         ctx.l2_eps = l2_eps
         ctx.has_bias = bias is not None
         return y
 
     @staticmethod
     def backward(ctx, grad: Tensor):
-        x, weight, m, v, s, sq_norm, d, invstd, gain = ctx.saved_tensors
-        n = x.shape[0]
-        spatial = x[0, 0].numel()
-        count = n * spatial
+        x, weight, m, v, s, sq_norm, d, invstd, gain, a = ctx.saved_tensors
+        spatial = math.prod(x.shape[2:])
+        gain_per_value = gain / (x.shape[0] * spatial)  # (C,)
 
         g_sum, g_xc = _grad_sums(grad, x, m)  # (N, C)
         grad_bias = g_sum.sum(0)  # (C,)
         # sum over (n, *) of grad * xhat, where xhat = invstd * (s * (x - m) + d)
         grad_gain = torch.addcmul(s * g_xc, d, g_sum).sum(0).mul_(invstd)  # (C,)
 
-        # Batch-norm backward, w.r.t. xh = s * x: dxh = gain * grad - u * s * (x - m) - w
-        scaled = invstd * grad_gain / count  # (C,)
-        u = gain * scaled  # (C,)
-        w = torch.addcmul(grad_bias / count, d, scaled).mul_(gain)  # (N, C)
-        # <dxh[n], x[n]> from the per-(n, c) sums alone, for the l2 step's radial projection
-        sum_dxh = torch.sub(gain * g_sum, w, alpha=spatial)
-        dot = torch.addcmul(gain * g_xc, m, sum_dxh).sub_(u * (s * v), alpha=spatial).sum(1)  # (N,)
+        # Batch-norm backward, w.r.t. xh = s * x: dxh = gain * grad - u * s * (x - m) - w, with
+        # u = gain * invstd * grad_gain / count and w = gain * (grad_bias + d * invstd * grad_gain) / count
+        h = grad_gain * invstd  # (C,)
+        u = gain_per_value * h  # (C,)
+        w = torch.addcmul(grad_bias, d, h).mul_(gain_per_value)  # (N, C)
+        su = s * u  # (N, C)
+        # <dxh[n], x[n]> from the per-(n, c) sums alone, for the l2 step's radial projection:
+        # sum_c gain * (g_xc + m * g_sum) - spatial * (m * w + s * u * v)
+        dot = torch.addcmul(g_xc, m, g_sum).mul_(gain)
+        dot = dot.addcmul_(m, w, value=-spatial).addcmul_(su, v, value=-spatial).sum(1)  # (N,)
         # no radial term where the norm was clamped to l2_eps
         radial = (dot / sq_norm).masked_fill_(sq_norm <= ctx.l2_eps**2, 0.0)[:, None]
 
-        # grad_x = s * (dxh - radial * x) = coef_x * (x - m) + const + coef_g * grad, centred so
-        # that a large mean cannot cancel: one pass over x, one over (grad, grad_x)
-        coef_x = torch.addcmul(s.square() * u, s, radial).neg_()
-        const = torch.addcmul(w, radial, m).mul_(s).neg_()
+        # grad_x = s * (dxh - radial * x) = coef_x * (x - m) + const + a * grad, centred so that a
+        # large mean cannot cancel: one pass over x, one over (grad, grad_x)
+        neg_s = -s
+        coef_x = su.add_(radial).mul_(neg_s)  # (N, C)
+        const = torch.addcmul(w, radial, m).mul_(neg_s)  # (N, C)
         grad_x = _affine(x, m, coef_x, const)
-        grad_x.addcmul_(grad, _expand(_to_finite(s * gain, x.dtype), x))
+        grad_x.addcmul_(grad, _expand(_to_finite(a, x.dtype), x))
 
         grad_weight = grad_bias_out = None
         if weight is not None and ctx.needs_input_grad[1]:
@@ -273,21 +276,47 @@ class _L2BatchNormTrain(torch.autograd.Function):
 
 
 #: on the CPU, training maps of at most this many values per (sample, channel) run as the composite
-#: (per-sample scale, then ``F.batch_norm``, autograd's backward): there the analytic path's ~80 small
-#: ``(N, C)`` ops cost more than its saved passes (benchmarks/bench_norm.py, docs/performance.md)
+#: (the per-sample scale, then ``F.batch_norm``): there every per-(sample, channel) op of the analytic path
+#: loops over too few values to be fast (benchmarks/bench_norm.py, docs/performance.md)
 _PER_OP_BOUND_MAP = 16
 
 
 def _per_op_bound(x: Tensor) -> bool:
     """Whether ``x`` (contiguous float32/float64 on the CPU, eager) has maps small enough for the composite."""
-    spatial = x[0, 0].numel() if x.dim() > 2 else 1
     return (
-        x.device.type == "cpu"
+        math.prod(x.shape[2:]) <= _PER_OP_BOUND_MAP
+        and x.device.type == "cpu"
         and x.dtype in (torch.float32, torch.float64)
         and x.is_contiguous()
-        and spatial <= _PER_OP_BOUND_MAP
         and not torch.compiler.is_compiling()
     )
+
+
+class _L2Normalize(torch.autograd.Function):
+    """``xh[n] = s[n] * x[n]``, ``s[n] = k / max(||x[n]||, l2_eps)``, with its backward in a few per-sample
+    ops: ``dx[n] = s[n] * (dxh[n] - <dxh[n], x[n]> x[n] / ||x[n]||^2)`` (no radial term where clamped)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, l2_eps: float, rescale: bool) -> Tensor:
+        sq_norm = torch.linalg.vector_norm(x, 2, dim=tuple(range(1, x.dim()))).square_()  # (N,)
+        s = sq_norm.rsqrt().clamp_max_(1.0 / l2_eps)  # rsqrt(0) = inf is clamped as max() would
+        if rescale:
+            s.mul_(math.sqrt(x[0].numel()))
+        ctx.save_for_backward(x, s, sq_norm)
+        ctx.l2_eps = l2_eps
+        return x * _expand_sample(s, x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        x, s, sq_norm = ctx.saved_tensors
+        dot = torch.linalg.vecdot(grad.flatten(1), x.flatten(1))  # (N,)
+        radial = (dot / sq_norm).masked_fill_(sq_norm <= ctx.l2_eps**2, 0.0).mul_(s)
+        return torch.addcmul(grad * _expand_sample(s, x), x, _expand_sample(radial, x), value=-1.0), None, None
+
+
+def _expand_sample(t: Tensor, like: Tensor) -> Tensor:
+    """Reshapes an ``(N,)`` tensor to broadcast against ``(N, *)``."""
+    return t.view(-1, *((1,) * (like.dim() - 1)))
 
 
 def _l2_normalize_eval(x: Tensor, l2_eps: float, rescale: bool) -> Tensor:
@@ -355,11 +384,15 @@ def l2_batch_norm(
             y, mu, var = l2_batch_norm_train(input, weight, bias, eps, l2_eps, rescale)
             _update_running_stats(running_mean, running_var, mu, var, input.numel() // channels, momentum)
             return y
-        # tiny maps on the CPU: the composite's fewer ops cost less; under torch.export: a training graph of
-        # standard ops that autograd differentiates when the exported program runs
-        if _per_op_bound(input) or torch.compiler.is_exporting():
+        # under torch.export: a training graph of standard ops that autograd differentiates when the
+        # exported program runs
+        if torch.compiler.is_exporting():
             s = _l2_normalize_eval(input, l2_eps, rescale)
             return F.batch_norm(input * s, running_mean, running_var, weight, bias, True, momentum, eps)
+        # tiny maps on the CPU: the composite's ops run over long rows, the analytic path's would not
+        if _per_op_bound(input):
+            normalized = _L2Normalize.apply(input, l2_eps, rescale)
+            return F.batch_norm(normalized, running_mean, running_var, weight, bias, True, momentum, eps)
         return _L2BatchNormTrain.apply(input, weight, bias, running_mean, running_var, momentum, eps, l2_eps, rescale)
     if running_mean is None or running_var is None:
         raise ValueError("l2_batch_norm: running_mean and running_var are required when training=False")
