@@ -14,7 +14,8 @@ one-cycle, channels_last, bf16 autocast, on_device data, the fused kernels) thro
 ``--seeds`` per arm, ``--parallel`` runs sharing the GPU, then per run its test accuracy, images/s and
 training seconds to 90% validation accuracy (:func:`recipe_table`); ``--data`` is the folder-per-class JPEG
 copy (``{train,test}/<class>/*.jpg``) or its ``.tar.gz``. Without ``--data`` (or with ``--quick``) a small
-synthetic JPEG set stands in.
+synthetic JPEG set stands in. ``--padding black reflect`` runs the comparison once per padding of the random
+crop (``l2bn ablation``, one cell each: issue 21's black vs the best other mode); it doubles the section's runs.
 """
 
 from __future__ import annotations
@@ -30,6 +31,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+#: the random crop's padding: the CLI options of each (the image datamodules' ``pad_fill``, ``padding_mode``)
+PADDINGS = {
+    "black": [],
+    "mean": ["--data.init_args.pad_fill", "mean"],
+    "reflect": ["--data.init_args.padding_mode", "reflect"],
+}
 NEEDED = {
     "jsonargparse": "LightningCLI (the sweep's runs, the quickstart test)",
     "soundfile": "the audio datamodules' WAV reader",
@@ -153,13 +160,13 @@ def recipe_table(sweep: Path, target: float = 0.90) -> list[str]:
     from l2bn_lit.reports.runs import time_to_accuracy
 
     rows = []
-    for metrics in sorted(sweep.glob("*/seed*/metrics.csv")):
+    for metrics in sorted(sweep.rglob("seed*/metrics.csv")):  # <norm>/seed*, or <padding>/<norm>/seed*
         table = pd.read_csv(metrics)
         run = metrics.parent
         reached = time_to_accuracy(run, target)
         rows.append(
             {
-                "run": f"{run.parent.name}/{run.name}",
+                "run": run.relative_to(sweep).as_posix(),
                 "test/acc": table["test/acc"].dropna().iloc[-1] if "test/acc" in table else None,
                 "training s": table["time/train_s"].max() if "time/train_s" in table else None,
                 "images/s": table["time/images_per_s"].median() if "time/images_per_s" in table else None,
@@ -169,6 +176,22 @@ def recipe_table(sweep: Path, target: float = 0.90) -> list[str]:
     if not rows:
         return ["(no finished runs)", ""]
     return [pd.DataFrame(rows).to_markdown(index=False, floatfmt=".4g"), ""]
+
+
+def comparison_command(
+    py: str, out: Path, seeds: int, parallel: int, paddings: list[str], common: list[str]
+) -> tuple[str, list[str]]:
+    """The section's title and command of the CIFAR-10 BN vs L2BN comparison: ``l2bn sweep`` for one
+    padding, ``l2bn ablation`` with one cell per padding (the first the reference) for several."""
+    config = ["--config", "configs/cifar10jpeg_resnet20_gpu.yaml"]
+    runs = ["--seeds", *map(str, range(seeds)), "--out", str(out), "--parallel", str(parallel)]
+    if len(paddings) == 1:
+        title = f"CIFAR-10 ResNet-20, BN vs L2BN, {paddings[0]} padding (l2bn sweep)"
+        command = [py, "-m", "l2bn_lit", "sweep", *config, "--norms", "bn", "l2bn", *runs, "--", *common]
+        return title, command + PADDINGS[paddings[0]]
+    cells = [arg for name in paddings for arg in ("--cell", f"{name}={' '.join(PADDINGS[name])}")]
+    title = f"CIFAR-10 ResNet-20, BN vs L2BN, padding {' vs '.join(paddings)} (l2bn ablation)"
+    return title, [py, "-m", "l2bn_lit", "ablation", *config, "--norms", "bn", "l2bn", *runs, *cells, "--", *common]
 
 
 def main() -> None:
@@ -182,6 +205,13 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="seeds per arm of the comparison")
     parser.add_argument("--epochs", type=int, default=25)
     parser.add_argument("--parallel", type=int, default=6, help="comparison runs sharing the device at a time")
+    parser.add_argument(
+        "--padding",
+        nargs="+",
+        default=["black"],
+        choices=list(PADDINGS),
+        help="the random crop's padding; several: one comparison per padding (l2bn ablation)",
+    )
     parser.add_argument("--budget", type=float, default=480, help="seconds for all sections; late ones are skipped")
     args = parser.parse_args()
     work = Path(args.work).resolve()
@@ -232,23 +262,7 @@ def main() -> None:
         [f"Image data: {folder} (decoded into the uint8 cache in {time.perf_counter() - decode_start:.1f} s)", ""]
     )
     epochs, seeds = (1, 2) if args.quick else (args.epochs, args.seeds)
-    sweep = [
-        py,
-        "-m",
-        "l2bn_lit",
-        "sweep",
-        "--config",
-        "configs/cifar10jpeg_resnet20_gpu.yaml",
-        "--norms",
-        "bn",
-        "l2bn",
-        "--seeds",
-        *map(str, range(seeds)),
-        "--out",
-        str(work / "cifar10_sweep"),
-        "--parallel",
-        str(args.parallel),
-        "--",
+    common = [
         "--data.init_args.root",
         str(folder),
         "--trainer.max_epochs",
@@ -258,10 +272,10 @@ def main() -> None:
         "--trainer.accelerator",
         "gpu" if args.device == "cuda" else "cpu",
         *([] if args.device == "cuda" else ["--trainer.precision", "32"]),  # the CPU path checks the script only
+        *(["--data.init_args.batch_size", "64"] if args.quick else []),
     ]
-    if args.quick:
-        sweep += ["--data.init_args.batch_size", "64"]
-    report.section(f"CIFAR-10 ResNet-20, BN vs L2BN, {seeds} seeds, {epochs} epochs (l2bn sweep)", sweep, 300, keep=45)
+    title, command = comparison_command(py, work / "cifar10_sweep", seeds, args.parallel, args.padding, common)
+    report.section(f"{title}, {seeds} seeds, {epochs} epochs", command, 300, keep=45)
     report.add(["### The recipe per run (bf16 autocast, channels_last, on-device data; TrainingClock)", ""])
     report.add(recipe_table(work / "cifar10_sweep"))
 
