@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+from op_counter import OpCounter
 from reference import ReferenceL2BN
 from torch._subclasses.fake_tensor import FakeTensorMode
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from l2bn_lit import L2BN1d, L2BN2d, L2BN3d
 from l2bn_lit.nn import fused
@@ -142,19 +142,6 @@ def test_fused_and_aten_paths_leave_the_same_state_dict(monkeypatch):
         torch.testing.assert_close(states["triton"][key], value, rtol=1e-5, atol=1e-5)
 
 
-class _OpCounter(TorchDispatchMode):
-    """Counts the operator calls that do work on a GPU: not views, not device queries (``prim``)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.ops: list[str] = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if not func.is_view and func.namespace != "prim":
-            self.ops.append(str(func))
-        return func(*args, **(kwargs or {}))
-
-
 def _backward_by_hand(output: torch.Tensor, grad: torch.Tensor) -> None:
     """Runs the backward nodes of ``output``'s graph (a chain) one after the other, as the engine would:
     the engine itself refuses fake CUDA tensors without a GPU."""
@@ -177,9 +164,9 @@ def _count_cuda_ops(layer_cls, shape, dtype, memory_format, choice, monkeypatch)
         layer = layer_cls(shape[1], device="cuda")
         x = torch.empty(shape, device="cuda", dtype=dtype).contiguous(memory_format=memory_format).requires_grad_(True)
         grad = torch.empty(shape, device="cuda", dtype=dtype)
-        with _OpCounter() as forward:
+        with OpCounter() as forward:
             y = layer(x)
-        with _OpCounter() as backward:
+        with OpCounter() as backward:
             if choice != "aten":  # the ATen path's CUDA backward initializes CUDA, which a machine without a GPU cannot
                 _backward_by_hand(y, grad)
     return forward.ops, backward.ops
