@@ -301,7 +301,7 @@ class _L2Normalize(torch.autograd.Function):
         sq_norm = torch.linalg.vector_norm(x, 2, dim=tuple(range(1, x.dim()))).square_()  # (N,)
         s = sq_norm.rsqrt().clamp_max_(1.0 / l2_eps)  # rsqrt(0) = inf is clamped as max() would
         if rescale:
-            s.mul_(math.sqrt(x[0].numel()))
+            s.mul_(math.sqrt(math.prod(x.shape[1:])))
         ctx.save_for_backward(x, s, sq_norm)
         ctx.l2_eps = l2_eps
         return x * _expand_sample(s, x)
