@@ -193,28 +193,29 @@ def test_sync_l2bn_on_nccl_equals_l2bn():
         dist.destroy_process_group()
 
 
+def _quickstart_on_cuda(precision: str) -> list[str]:
+    """``l2bn fit`` arguments: the quickstart config on CUDA at ``precision``, no progress bar."""
+    return [
+        "fit",
+        "--config",
+        str(ROOT / "configs" / "quickstart.yaml"),
+        "--trainer.accelerator",
+        "cuda",
+        "--trainer.precision",
+        precision,
+        "--trainer.deterministic",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+    ]
+
+
 @pytest.mark.parametrize("precision", ["16-mixed", "bf16-mixed"])
 def test_quickstart_fits_on_cuda(precision, tmp_path):
     from l2bn_lit.lit.cli import main
 
     cli = main(
-        [
-            "fit",
-            "--config",
-            str(ROOT / "configs" / "quickstart.yaml"),
-            "--trainer.accelerator",
-            "cuda",
-            "--trainer.precision",
-            precision,
-            "--trainer.deterministic",
-            "false",
-            "--trainer.enable_progress_bar",
-            "false",
-            "--trainer.default_root_dir",
-            str(tmp_path),
-            "--trainer.logger",
-            "false",
-        ]
+        _quickstart_on_cuda(precision) + ["--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"]
     )
     assert cli.trainer.state.finished
     assert cli.trainer.callback_metrics["test/acc"] > 0.9  # 15 epochs: 0.97-0.99 on the CPU
@@ -230,24 +231,9 @@ def test_training_clock_on_cuda_counts_synchronized_epochs(tmp_path):
 
     logger = {"class_path": "l2bn_lit.lit.csv_logger.RunCSVLogger", "init_args": {"save_dir": str(tmp_path)}}
     cli = main(
-        [
-            "fit",
-            "--config",
-            str(ROOT / "configs" / "quickstart.yaml"),
-            "--trainer.accelerator",
-            "cuda",
-            "--trainer.precision",
-            "bf16-mixed",
-            "--trainer.max_epochs",
-            "2",
-            "--trainer.deterministic",
-            "false",
-            "--trainer.enable_progress_bar",
-            "false",
-            "--trainer.callbacks+=l2bn_lit.lit.callbacks.TrainingClock",
-            "--trainer.logger",
-            json.dumps(logger),
-        ]
+        _quickstart_on_cuda("bf16-mixed")
+        + ["--trainer.max_epochs", "2", "--trainer.callbacks+=l2bn_lit.lit.callbacks.TrainingClock"]
+        + ["--trainer.logger", json.dumps(logger)]
     )
     table = pd.read_csv(Path(cli.trainer.log_dir) / "metrics.csv").groupby("epoch").max()
     assert 0 < table.loc[0, "time/train_s"] < table.loc[1, "time/train_s"]
