@@ -35,6 +35,19 @@ def _worker(fn: Callable, rank: int, world_size: int, init_file: str, results: A
         results.put((rank, "error", traceback.format_exc()))
 
 
+def set_launcher_env(rank: int, world_size: int) -> None:
+    """The environment torchrun or srun give a rank, for a Lightning ``ddp`` fit inside a worker of
+    :func:`run_distributed`: Lightning finds it and the process group already set up."""
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT="0",
+        WORLD_SIZE=str(world_size),
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        NODE_RANK="0",
+    )
+
+
 def run_distributed(fn: Callable, world_size: int, *args: Any, timeout: float = 120.0) -> list[Any]:
     """Returns ``[fn(rank, world_size, *args) for each rank]``; raises if any rank fails or the
     group does not finish within ``timeout`` seconds (stragglers are killed)."""

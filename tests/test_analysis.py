@@ -13,7 +13,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from distributed import run_distributed
+from distributed import run_distributed, set_launcher_env
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -195,16 +195,7 @@ def _geometry_run(x: torch.Tensor, y: torch.Tensor, **trainer_options) -> list[d
 
 
 def _geometry_worker(rank: int, world_size: int, x: torch.Tensor, y: torch.Tensor) -> list[dict]:
-    import os
-
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT="0",
-        WORLD_SIZE=str(world_size),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        NODE_RANK="0",
-    )
+    set_launcher_env(rank, world_size)
     return _geometry_run(x, y, strategy="ddp", devices=world_size)
 
 

@@ -4,14 +4,13 @@ normalization as the decoded pipeline, exact resume, DDP shards, the uint8 cache
 from __future__ import annotations
 
 import itertools
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from distributed import run_distributed
+from distributed import run_distributed, set_launcher_env
 from PIL import Image
 from test_image_data import _write_image_folder, cifar_root  # noqa: F401  (fixture)
 from torch.utils.data import DistributedSampler
@@ -306,14 +305,7 @@ class _TinyRecording(_Tiny):
 def _ddp_rank(rank: int, world_size: int, root: str) -> np.ndarray:
     """One rank of a Lightning DDP fit (launched outside Lightning, as torchrun would) on the on_device
     pipeline; returns the training indices this rank saw in its one epoch."""
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT="0",
-        WORLD_SIZE=str(world_size),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        NODE_RANK="0",
-    )
+    set_launcher_env(rank, world_size)
     trainer = pl.Trainer(
         accelerator="cpu",
         devices=world_size,

@@ -8,7 +8,7 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-from distributed import run_distributed
+from distributed import run_distributed, set_launcher_env
 from torch import nn
 
 from l2bn_lit import L2BN1d, L2BN2d, L2BNLayerSync, SyncL2BN
@@ -178,14 +178,7 @@ def _lightning_ddp_worker(rank: int, world_size: int) -> dict:
     srun launch them): Lightning finds the environment and the process group already set up."""
     from lit_models import AssertSynced
 
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT="0",
-        WORLD_SIZE=str(world_size),
-        RANK=str(rank),
-        LOCAL_RANK=str(rank),
-        NODE_RANK="0",
-    )
+    set_launcher_env(rank, world_size)
     model = _fit(world_size, 4, strategy="ddp", plugins=[L2BNLayerSync()], callbacks=[AssertSynced()])
     assert type(model.features[1]) is L2BN2d  # reverted after fit
     return {k: v.clone() for k, v in model.state_dict().items()}
