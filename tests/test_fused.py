@@ -1,8 +1,12 @@
-"""The fused Triton path (``L2BN_KERNELS=triton``, :mod:`l2bn_lit.nn.fused`): on the CPU under Triton's
-interpreter (small shapes: the interpreter is slow), against the float64 reference; the CUDA-path
-operation count per training step, counted without a GPU; the switch."""
+"""The fused paths (:mod:`l2bn_lit.nn.fused`): the Triton kernels (``L2BN_KERNELS=triton``; on the CPU
+under Triton's interpreter, small shapes: the interpreter is slow) and the numba CPU kernels
+(``L2BN_KERNELS=numba``), against the float64 reference; the operation count per training step (CUDA
+path counted without a GPU, and the CPU path); the switch."""
 
 from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass, field
 
 import pytest
 import torch
@@ -28,18 +32,34 @@ CASES = [
 LAYERS = {2: L2BN1d, 3: L2BN1d, 4: L2BN2d, 5: L2BN3d}
 
 
-@pytest.fixture
-def fused_kernels(monkeypatch):
-    monkeypatch.setenv("L2BN_KERNELS", "triton")
-    calls = []
-    real = fused.train_forward
+@dataclass
+class FusedPath:
+    """A fused path under test: its ``L2BN_KERNELS`` choice, the device its tensors live on, and the
+    input shapes its forward was called with."""
+
+    choice: str
+    device: str
+    calls: list[torch.Size] = field(default_factory=list)
+
+
+@pytest.fixture(params=["triton", "numba"])
+def fused_path(request, monkeypatch) -> FusedPath:
+    """Each fused path in turn (``indirect`` parametrization picks one), its forward spied on."""
+    path = FusedPath(request.param, DEVICE if request.param == "triton" else "cpu")
+    pytest.importorskip(path.choice)
+    monkeypatch.setenv("L2BN_KERNELS", path.choice)
+    if path.choice == "triton":
+        module = fused
+    else:
+        from l2bn_lit.nn import cpu_kernels as module
+    real = module.train_forward
 
     def spy(*args):
-        calls.append(args[0].shape)
+        path.calls.append(args[0].shape)
         return real(*args)
 
-    monkeypatch.setattr(fused, "train_forward", spy)
-    yield calls
+    monkeypatch.setattr(module, "train_forward", spy)
+    return path
 
 
 def _relative(got: torch.Tensor, want: torch.Tensor) -> float:
@@ -60,14 +80,14 @@ def _steps(layer: torch.nn.Module, xs: list[torch.Tensor], grads: list[torch.Ten
 
 @pytest.mark.parametrize("shape, memory_format", CASES)
 @pytest.mark.parametrize("options", [{}, {"affine": False, "rescale": True}, {"momentum": None}])
-def test_fused_training_equals_the_float64_reference(fused_kernels, shape, memory_format, options):
+def test_fused_training_equals_the_float64_reference(fused_path, shape, memory_format, options):
     """Two training steps (outputs, input and parameter gradients, running statistics, then eval)
     of the fused path against F.normalize + F.batch_norm in float64: float32 relative error <= 2e-4."""
     torch.manual_seed(0)
     channels = shape[1]
     xs = [(torch.randn(shape) * 3 + 2).contiguous(memory_format=memory_format) for _ in range(2)]
     grads = [torch.randn(shape) for _ in range(2)]
-    layer = LAYERS[len(shape)](channels, **options).to(DEVICE)
+    layer = LAYERS[len(shape)](channels, **options).to(fused_path.device)
     reference = ReferenceL2BN(
         channels,
         momentum=options.get("momentum", 0.1),
@@ -79,9 +99,9 @@ def test_fused_training_equals_the_float64_reference(fused_kernels, shape, memor
             for p in (layer.weight, layer.bias):
                 p.normal_()
         reference.load_state_dict(layer.state_dict())
-    got = _steps(layer, [x.to(DEVICE) for x in xs], [g.to(DEVICE) for g in grads], torch.float32)
+    got = _steps(layer, [x.to(fused_path.device) for x in xs], [g.to(fused_path.device) for g in grads], torch.float32)
     want = _steps(reference, [x.double() for x in xs], [g.double() for g in grads], torch.float64)
-    assert len(fused_kernels) == 2
+    assert len(fused_path.calls) == 2
     for step_got, step_want in zip(got, want):
         for a, b in zip(step_got, step_want):
             assert _relative(a.cpu(), b) <= 2e-4
@@ -91,19 +111,20 @@ def test_fused_training_equals_the_float64_reference(fused_kernels, shape, memor
     assert layer.num_batches_tracked.item() == reference.num_batches_tracked.item() == 2
     layer.eval()
     reference.eval()
-    assert _relative(layer(xs[0].to(DEVICE)).cpu(), reference(xs[0].double())) <= 2e-4
+    assert _relative(layer(xs[0].to(fused_path.device)).cpu(), reference(xs[0].double())) <= 2e-4
 
 
+@pytest.mark.parametrize("fused_path", ["triton"], indirect=True)  # the numba kernels take float32/float64
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float16, 1e-2), (torch.bfloat16, 3e-2)])
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
-def test_half_precision_inputs_accumulate_in_float32(fused_kernels, dtype, tolerance, memory_format):
+def test_half_precision_inputs_accumulate_in_float32(fused_path, dtype, tolerance, memory_format):
     """float16/bfloat16 inputs whose squared norms exceed float16's range: finite, float32-accurate
     statistics; the output and input gradient in the input's dtype."""
     torch.manual_seed(1)
     x = (torch.randn(4, 3, 6, 5) * 60 + 30).contiguous(memory_format=memory_format)  # ||x||^2 ~ 3e5 > 65504
     grad = torch.randn_like(x)
-    layer = L2BN2d(3).to(DEVICE)
-    ((y, dx, dw, db),) = _steps(layer, [x.to(DEVICE)], [grad.to(DEVICE)], dtype)
+    layer = L2BN2d(3).to(fused_path.device)
+    ((y, dx, dw, db),) = _steps(layer, [x.to(fused_path.device)], [grad.to(fused_path.device)], dtype)
     ((ry, rdx, rdw, rdb),) = _steps(
         ReferenceL2BN(3).double(), [x.to(dtype).double()], [grad.to(dtype).double()], torch.float64
     )
@@ -112,34 +133,38 @@ def test_half_precision_inputs_accumulate_in_float32(fused_kernels, dtype, toler
         assert torch.isfinite(a).all() and _relative(a.cpu(), b) <= tolerance
 
 
-def test_an_all_zero_sample_gives_what_the_reference_gives(fused_kernels):
+def test_an_all_zero_sample_gives_what_the_reference_gives(fused_path):
     torch.manual_seed(2)
     x = torch.randn(4, 3, 4, 4) + 1
     x[1] = 0  # its norm is clamped to l2_eps: it normalizes to zero, with no radial gradient
     grad = torch.randn_like(x)
-    got = _steps(L2BN2d(3).to(DEVICE), [x.to(DEVICE)], [grad.to(DEVICE)], torch.float32)[0]
+    got = _steps(
+        L2BN2d(3).to(fused_path.device), [x.to(fused_path.device)], [grad.to(fused_path.device)], torch.float32
+    )[0]
     want = _steps(ReferenceL2BN(3).double(), [x.double()], [grad.double()], torch.float64)[0]
     for a, b in zip(got, want):
         assert torch.isfinite(a).all() and _relative(a.cpu(), b) <= 2e-4
 
 
-def test_fused_and_aten_paths_leave_the_same_state_dict(monkeypatch):
+@pytest.mark.parametrize("fused_path", ["triton", "numba"], indirect=True)
+def test_fused_and_aten_paths_leave_the_same_state_dict(fused_path, monkeypatch):
     torch.manual_seed(3)
     xs = [torch.randn(5, 4, 3, 3) * 2 - 1 for _ in range(3)]
-    target = torch.randn(5, 4, 3, 3).to(DEVICE)
+    target = torch.randn(5, 4, 3, 3).to(fused_path.device)
     states = {}
-    for choice in ("aten", "triton"):
+    for choice in ("aten", fused_path.choice):
         monkeypatch.setenv("L2BN_KERNELS", choice)
         torch.manual_seed(4)
-        layer = L2BN2d(4).to(DEVICE)
+        layer = L2BN2d(4).to(fused_path.device)
         optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
         for x in xs:
-            (layer(x.to(DEVICE)) * target).sum().backward()
+            (layer(x.to(fused_path.device)) * target).sum().backward()
             optimizer.step()
             optimizer.zero_grad()
         states[choice] = layer.state_dict()
+    assert len(fused_path.calls) == len(xs)
     for key, value in states["aten"].items():
-        torch.testing.assert_close(states["triton"][key], value, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(states[fused_path.choice][key], value, rtol=1e-5, atol=1e-5)
 
 
 def _backward_by_hand(output: torch.Tensor, grad: torch.Tensor) -> None:
@@ -196,29 +221,37 @@ def test_the_cuda_training_step_makes_at_most_12_operators(dtype, memory_format,
 def test_the_switch(monkeypatch):
     x = torch.randn(4, 3, 2, 2)
     monkeypatch.setenv("L2BN_KERNELS", "fast")
-    with pytest.raises(ValueError, match="L2BN_KERNELS='fast': choose one of auto, triton, aten"):
+    with pytest.raises(ValueError, match="L2BN_KERNELS='fast': choose one of auto, triton, numba, aten"):
         L2BN2d(3)(x)
     monkeypatch.setenv("L2BN_KERNELS", "aten")
-    assert not fused.use_fused_kernels(x)
+    assert not fused.use_fused_kernels(x) and not fused.use_cpu_kernels(x)
     monkeypatch.setenv("L2BN_KERNELS", "auto")
     assert fused.use_fused_kernels(x) == x.is_cuda
+    numba_here = importlib.util.find_spec("numba") is not None
+    assert fused.use_cpu_kernels(x) == fused.use_cpu_kernels(x.double()) == numba_here
+    assert not fused.use_cpu_kernels(x.bfloat16())  # half precision on the CPU: the ATen path
     monkeypatch.setenv("L2BN_KERNELS", "triton")
     assert not fused.use_fused_kernels(x.double())  # float64: the ATen path, the float64 reference
+    assert not fused.use_cpu_kernels(x)
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="runs only under Triton's interpreter: set TRITON_INTERPRET=1"):
         fused.use_fused_kernels(x)
+    monkeypatch.setenv("L2BN_KERNELS", "numba")
+    assert not fused.use_fused_kernels(x) and fused.use_cpu_kernels(x) == numba_here
+    with FakeTensorMode(), pytest.raises(RuntimeError, match="L2BN_KERNELS=numba runs on CPU tensors only"):
+        fused.use_cpu_kernels(torch.empty(4, 3, 2, 2, device="cuda"))
 
 
-def test_compile_keeps_working_with_the_fused_path(fused_kernels):
+def test_compile_keeps_working_with_the_fused_path(fused_path):
     """Under torch.compile the ATen path is traced (Inductor fuses it as before), eager runs the kernels."""
     torch.manual_seed(5)
-    x = torch.randn(4, 3, 3, 3, device=DEVICE)
-    eager = L2BN2d(3).to(DEVICE)
-    compiled_layer = L2BN2d(3).to(DEVICE)
+    x = torch.randn(4, 3, 3, 3, device=fused_path.device)
+    eager = L2BN2d(3).to(fused_path.device)
+    compiled_layer = L2BN2d(3).to(fused_path.device)
     compiled = torch.compile(compiled_layer, fullgraph=True)
     torch.testing.assert_close(compiled(x), eager(x), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(compiled_layer.running_var, eager.running_var, rtol=1e-5, atol=1e-6)
-    assert len(fused_kernels) == 1  # the eager call
+    assert len(fused_path.calls) == 1  # the eager call
 
 
 def test_use_kernels_overrides_the_variable_within_a_block(monkeypatch):
@@ -227,6 +260,58 @@ def test_use_kernels_overrides_the_variable_within_a_block(monkeypatch):
     with fused.use_kernels("aten"):
         assert fused.kernel_choice() == "aten" and not fused.use_fused_kernels(x)
     assert fused.kernel_choice() == "triton"
-    with pytest.raises(ValueError, match="use_kernels\\('cuda'\\): choose one of auto, triton, aten"):
+    with pytest.raises(ValueError, match="use_kernels\\('cuda'\\): choose one of auto, triton, numba, aten"):
         with fused.use_kernels("cuda"):
             pass
+
+
+@pytest.mark.parametrize("fused_path", ["numba"], indirect=True)
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_the_cpu_training_step_calls_no_full_size_aten_operator(fused_path, memory_format):
+    """The numba path's training forward + backward of L2BN2d on the CPU calls no ATen operator on a
+    full-size tensor (the ATen path: 20 or more operators per direction): what is left is the in-place
+    ``num_batches_tracked`` count and the casts of the ``(C,)`` parameter gradients to float32."""
+    x = torch.randn(8, 16, 7, 7).contiguous(memory_format=memory_format).requires_grad_(True)
+    grad = torch.randn_like(x)
+    layer = L2BN2d(16)
+    with OpCounter() as counter:
+        layer(x).backward(grad)
+    assert len(fused_path.calls) == 1
+    assert set(counter.ops) <= {"aten.add_.Tensor", "aten._to_copy.default"}, counter.ops
+    assert len(counter.ops) <= 3, counter.ops
+    with OpCounter() as aten, fused.use_kernels("aten"):
+        layer(x).backward(grad)
+    assert len(aten.ops) >= 40, aten.ops
+
+
+@pytest.mark.parametrize("fused_path", ["numba"], indirect=True)
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_the_cpu_kernels_are_float64_exact_and_deterministic(fused_path, memory_format):
+    """float64 inputs (a large mean: the two-pass moments do not cancel) equal the reference to float64
+    rounding; the result does not depend on the number of threads (each (sample, channel) sum runs in
+    a fixed order within one thread)."""
+    torch.manual_seed(6)
+    x = (torch.randn(6, 5, 4, 3, dtype=torch.float64) * 1e-3 + 1e3).contiguous(memory_format=memory_format)
+    grad = torch.randn_like(x)
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, max(2, threads)):
+            torch.set_num_threads(n)
+            results.append(_steps(L2BN2d(5).double(), [x], [grad], torch.float64)[0])
+    finally:
+        torch.set_num_threads(threads)
+    want = _steps(ReferenceL2BN(5).double(), [x], [grad], torch.float64)[0]
+    for one, many, reference in zip(*results, want):
+        assert torch.equal(one, many)
+        torch.testing.assert_close(one, reference, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("fused_path", ["numba"], indirect=True)
+def test_a_second_derivative_through_the_cpu_kernels_raises(fused_path):
+    """The kernels' backward is not itself differentiable: asking for a second derivative is an error,
+    not a silent zero."""
+    x = torch.randn(4, 3, 2, 2, dtype=torch.float64, requires_grad=True)
+    (grad_x,) = torch.autograd.grad(L2BN2d(3).double()(x).pow(2).sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad_x.sum().backward()

@@ -222,10 +222,10 @@ def test_a_common_input_scale_changes_neither_output_nor_weight_gradient_of_conv
 
 @pytest.mark.parametrize("shape, budget", [((8, 16, 7, 7), 60), ((8, 16, 2, 2), 17)], ids=["analytic", "tiny_maps"])
 def test_the_cpu_training_step_op_count(shape, budget, monkeypatch):
-    """The CPU's eager cost is per operator: one training forward + backward of L2BN2d makes at most 60
-    operators on the analytic path (76 before they were folded) and 17 on tiny maps' composite (22 with
-    autograd's own l2 step)."""
-    monkeypatch.setenv("L2BN_KERNELS", "auto")
+    """The ATen path's eager cost on the CPU is per operator: one training forward + backward of L2BN2d
+    makes at most 60 operators on the analytic path (76 before they were folded) and 17 on tiny maps'
+    composite (22 with autograd's own l2 step). (The numba kernels: tests/test_fused.py.)"""
+    monkeypatch.setenv("L2BN_KERNELS", "aten")
     layer = L2BN2d(shape[1])
     x = torch.randn(shape, requires_grad=True)
     grad = torch.randn(shape)
@@ -236,3 +236,20 @@ def test_the_cpu_training_step_op_count(shape, budget, monkeypatch):
     assert len(forward.ops + backward.ops) <= budget, forward.ops + backward.ops
     analytic = "aten._native_batch_norm_legit_no_training.default" in forward.ops  # its affine pass
     assert analytic == (shape[-1] > 2)
+
+
+@pytest.mark.parametrize(
+    "shape,composite", [((8, 4, 7), True), ((16, 8, 4, 4), True), ((5, 4), True), ((4, 3, 5, 6), False)]
+)
+def test_tiny_cpu_maps_train_through_the_composite(shape, composite, monkeypatch):
+    """Maps of at most 16 values per channel (contiguous, CPU) take the composite (the per-sample scale with
+    its own few-op backward, then F.batch_norm); larger ones the analytic path. Both equal the float64
+    reference (tests/test_numerics.py: the hard inputs and gradcheck include such maps)."""
+    monkeypatch.setenv("L2BN_KERNELS", "aten")
+    x = torch.randn(shape, requires_grad=True)
+    y = l2_batch_norm(x, torch.zeros(shape[1]), torch.ones(shape[1]), training=True)
+    assert ("_L2BatchNormTrain" not in type(y.grad_fn).__name__) == composite
+    channels_last = x.detach().unsqueeze(-1).contiguous(memory_format=torch.channels_last) if len(shape) == 3 else None
+    if channels_last is not None and channels_last.dim() == 4:
+        y = l2_batch_norm(channels_last.requires_grad_(), None, None, training=True)
+        assert "_L2BatchNormTrain" in type(y.grad_fn).__name__  # the composite is for contiguous maps only

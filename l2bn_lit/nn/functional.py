@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .fused import l2_batch_norm_train, use_fused_kernels
+from .fused import fused_training_path, update_running_stats
 
 __all__ = ["l2_batch_norm"]
 
@@ -173,22 +173,6 @@ def _sample_scale(norm: Tensor, size: int, l2_eps: float, rescale: bool) -> Tens
     return scale * math.sqrt(size) if rescale else scale
 
 
-def _update_running_stats(
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
-    mean: Tensor,
-    var: Tensor,
-    count: int,
-    momentum: float,
-) -> None:
-    """In-place exponential update, exactly as F.batch_norm: unbiased variance in the estimate."""
-    if running_mean is not None:
-        running_mean.lerp_(mean.to(running_mean.dtype), momentum)
-    if running_var is not None:
-        unbiased = var * (count / max(count - 1, 1))
-        running_var.lerp_(unbiased.to(running_var.dtype), momentum)
-
-
 def _as_acc(t: Tensor, acc: torch.dtype) -> Tensor:
     return t if t.dtype == acc else t.to(acc)
 
@@ -229,7 +213,7 @@ class _L2BatchNormTrain(torch.autograd.Function):
         a = s * gain  # (N, C)
         y = _affine(x, m, a, shift)  # gain * s * (x - m) + gain * d + bias
 
-        _update_running_stats(running_mean, running_var, mu, var, n * spatial, momentum)
+        update_running_stats(running_mean, running_var, mu, var, n * spatial, momentum)
         ctx.save_for_backward(x, weight, m, v, s, sq_norm, d, invstd, gain, a)
         ctx.l2_eps = l2_eps
         ctx.has_bias = bias is not None
@@ -380,10 +364,10 @@ def l2_batch_norm(
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got input size {list(input.shape)}"
             )
-        if use_fused_kernels(input):  # L2BN_KERNELS: the fused Triton kernels (l2bn_lit.nn.fused)
-            y, mu, var = l2_batch_norm_train(input, weight, bias, eps, l2_eps, rescale)
-            _update_running_stats(running_mean, running_var, mu, var, input.numel() // channels, momentum)
-            return y
+        # L2BN_KERNELS: the fused Triton kernels on CUDA, the numba kernels on the CPU (l2bn_lit.nn.fused)
+        train = fused_training_path(input)
+        if train is not None:
+            return train(input, running_mean, running_var, weight, bias, momentum, eps, l2_eps, rescale)
         # under torch.export: a training graph of standard ops that autograd differentiates when the
         # exported program runs
         if torch.compiler.is_exporting():

@@ -1,18 +1,22 @@
-"""The fused-kernel training path of :func:`l2bn_lit.nn.functional.l2_batch_norm` and its switch.
+"""The fused-kernel training paths of :func:`l2bn_lit.nn.functional.l2_batch_norm` and their switch.
 
-The training forward and backward are two custom operators, ``l2bn::train_forward`` and
+On CUDA, the training forward and backward are two custom operators, ``l2bn::train_forward`` and
 ``l2bn::train_backward`` (``torch.library``: fake implementations for FakeTensor, ``torch.export``
 and FX; the autograd formula registered on the forward), each running four Triton kernels
 (:mod:`l2bn_lit.nn.triton_kernels`): BatchNorm's passes over memory, and one launch per small
-``(N, C)`` step where the ATen path makes about 25 small operations per direction.
+``(N, C)`` step where the ATen path makes about 25 small operations per direction. On the CPU,
+one autograd function runs the same passes as numba kernels (:mod:`l2bn_lit.nn.cpu_kernels`): one
+call into compiled code per direction.
 
 The environment variable ``L2BN_KERNELS`` chooses, read at every call:
 
-* ``auto`` (default): the fused kernels for float32/float16/bfloat16 CUDA tensors when Triton
-  imports, the ATen path otherwise;
-* ``triton``: the fused kernels on any device (float64 keeps the ATen path, the float64 reference);
+* ``auto`` (default): the Triton kernels for float32/float16/bfloat16 CUDA tensors when Triton
+  imports, the numba kernels for float32/float64 CPU tensors when numba imports, the ATen path
+  otherwise;
+* ``triton``: the Triton kernels on any device (float64 keeps the ATen path, the float64 reference);
   on CPU tensors they run only under Triton's interpreter (``TRITON_INTERPRET=1``), which is how
   the CPU tests check them;
+* ``numba``: the numba kernels for float32/float64 CPU tensors (other dtypes keep the ATen path);
 * ``aten``: the ATen path everywhere.
 
 ``with use_kernels("aten"): ...`` overrides the variable within a block (benchmarks compare the two
@@ -27,18 +31,29 @@ import contextlib
 import functools
 import importlib.util
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import Tensor
 
-__all__ = ["KERNEL_CHOICES", "kernel_choice", "l2_batch_norm_train", "use_fused_kernels", "use_kernels"]
+__all__ = [
+    "KERNEL_CHOICES",
+    "fused_training_path",
+    "kernel_choice",
+    "l2_batch_norm_train",
+    "l2_batch_norm_train_cpu",
+    "update_running_stats",
+    "use_cpu_kernels",
+    "use_fused_kernels",
+    "use_kernels",
+]
 
-KERNEL_CHOICES = ("auto", "triton", "aten")
+KERNEL_CHOICES = ("auto", "triton", "numba", "aten")
 #: the operators' namespace: ``l2bn``, or its own for a copy of this file carried in another package
 #: (the DCASE inference package), so both can be imported in one process
 _NAMESPACE = "l2bn" if __name__.startswith("l2bn_lit.") else f"l2bn_{__name__.split('.')[0].lower()}"
 _FUSED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_CPU_KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
 _override: list[str] = []  # use_kernels' choices, innermost last
@@ -56,7 +71,7 @@ def kernel_choice() -> str:
 
 @contextlib.contextmanager
 def use_kernels(choice: str) -> Iterator[None]:
-    """Within the block, the training path is ``choice`` (``auto``, ``triton`` or ``aten``) whatever
+    """Within the block, the training path is ``choice`` (``auto``, ``triton``, ``numba`` or ``aten``) whatever
     ``L2BN_KERNELS`` says."""
     if choice not in KERNEL_CHOICES:
         raise ValueError(f"use_kernels({choice!r}): choose one of {', '.join(KERNEL_CHOICES)}")
@@ -72,14 +87,19 @@ def _triton_available() -> bool:
     return importlib.util.find_spec("triton") is not None
 
 
+@functools.cache
+def _numba_available() -> bool:
+    return importlib.util.find_spec("numba") is not None
+
+
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def use_fused_kernels(x: Tensor) -> bool:
-    """Whether the training step of ``x`` runs the fused kernels (see the module docstring)."""
+    """Whether the training step of ``x`` runs the Triton kernels (see the module docstring)."""
     choice = kernel_choice()
-    if choice == "aten" or torch.compiler.is_compiling() or x.dtype not in _FUSED_DTYPES or x.numel() == 0:
+    if choice in ("aten", "numba") or torch.compiler.is_compiling() or x.dtype not in _FUSED_DTYPES or x.numel() == 0:
         return False
     if choice == "auto":
         return x.is_cuda and _triton_available()
@@ -94,6 +114,22 @@ def use_fused_kernels(x: Tensor) -> bool:
             "TRITON_INTERPRET=1 before starting Python, or use L2BN_KERNELS=auto on the CPU"
         )
     return True
+
+
+def use_cpu_kernels(x: Tensor) -> bool:
+    """Whether the training step of ``x`` runs the numba kernels (see the module docstring)."""
+    choice = kernel_choice()
+    if choice not in ("auto", "numba") or torch.compiler.is_compiling() or x.numel() == 0:
+        return False
+    if x.device.type != "cpu" or x.dtype not in _CPU_KERNEL_DTYPES:
+        if choice == "numba" and x.device.type != "cpu":
+            raise RuntimeError(f"L2BN_KERNELS=numba runs on CPU tensors only, got one on {x.device}: use auto")
+        return False
+    if _numba_available():
+        return True
+    if choice == "numba":
+        raise ImportError("L2BN_KERNELS=numba needs numba (pip install numba); set L2BN_KERNELS=aten or auto")
+    return False
 
 
 @torch.library.custom_op(f"{_NAMESPACE}::train_forward", mutates_args=())
@@ -161,10 +197,101 @@ def _backward(ctx, grad, *_):
 train_forward.register_autograd(_backward, setup_context=_setup_context)
 
 
+def update_running_stats(
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    mean: Tensor,
+    var: Tensor,
+    count: int,
+    momentum: float,
+) -> None:
+    """In-place exponential update, exactly as F.batch_norm: unbiased variance in the estimate."""
+    if running_mean is not None:
+        running_mean.lerp_(mean.to(running_mean.dtype), momentum)
+    if running_var is not None:
+        unbiased = var * (count / max(count - 1, 1))
+        running_var.lerp_(unbiased.to(running_var.dtype), momentum)
+
+
 def l2_batch_norm_train(
-    x: Tensor, weight: Tensor | None, bias: Tensor | None, eps: float, l2_eps: float, rescale: bool
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Training-mode L2BN through the fused kernels: ``x`` ``(N, C, *)`` -> ``(y, mu, var)``, ``y`` of
-    ``x``'s shape and dtype, ``mu`` and ``var`` the batch statistics ``(C,)`` for the running ones."""
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    momentum: float,
+    eps: float,
+    l2_eps: float,
+    rescale: bool,
+) -> Tensor:
+    """Training-mode L2BN through the Triton kernels, with :func:`l2bn_lit.l2_batch_norm`'s arguments:
+    ``x`` ``(N, C, *)`` -> ``y`` of ``x``'s shape and dtype; the running statistics (if given) updated
+    in place."""
     y, _, _, _, _, mu, var, _ = train_forward(x, weight, bias, eps, l2_eps, rescale)
-    return y, mu, var
+    update_running_stats(running_mean, running_var, mu, var, x.numel() // x.shape[1], momentum)
+    return y
+
+
+class _CPUKernelsTrain(torch.autograd.Function):
+    """Training-mode L2BN on the numba kernels (:mod:`l2bn_lit.nn.cpu_kernels`); the running statistics
+    are updated in place by the forward kernel."""
+
+    @staticmethod
+    def forward(
+        ctx,
+        x: Tensor,
+        running_mean: Tensor | None,
+        running_var: Tensor | None,
+        weight: Tensor | None,
+        bias: Tensor | None,
+        momentum: float,
+        eps: float,
+        l2_eps: float,
+        rescale: bool,
+    ) -> Tensor:
+        from . import cpu_kernels
+
+        y, ctx.statistics = cpu_kernels.train_forward(
+            x, running_mean, running_var, weight, bias, momentum, eps, l2_eps, rescale
+        )
+        ctx.save_for_backward(x, weight)
+        ctx.l2_eps = l2_eps
+        ctx.parameter_dtypes = (None if weight is None else weight.dtype, None if bias is None else bias.dtype)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable  # a second derivative raises instead of being silently 0
+    def backward(ctx, grad: Tensor):
+        from . import cpu_kernels
+
+        x, weight = ctx.saved_tensors
+        grad_x, grad_weight, grad_bias = cpu_kernels.train_backward(grad, x, weight, ctx.statistics, ctx.l2_eps)
+        weight_dtype, bias_dtype = ctx.parameter_dtypes
+        grad_weight = grad_weight.to(weight_dtype) if weight_dtype is not None and ctx.needs_input_grad[3] else None
+        grad_bias = grad_bias.to(bias_dtype) if bias_dtype is not None and ctx.needs_input_grad[4] else None
+        return grad_x, None, None, grad_weight, grad_bias, None, None, None, None
+
+
+def l2_batch_norm_train_cpu(
+    x: Tensor,
+    running_mean: Tensor | None,
+    running_var: Tensor | None,
+    weight: Tensor | None,
+    bias: Tensor | None,
+    momentum: float,
+    eps: float,
+    l2_eps: float,
+    rescale: bool,
+) -> Tensor:
+    """Training-mode L2BN through the numba kernels, as :func:`l2_batch_norm_train` (CPU ``x``)."""
+    return _CPUKernelsTrain.apply(x, running_mean, running_var, weight, bias, momentum, eps, l2_eps, rescale)
+
+
+def fused_training_path(x: Tensor) -> Callable[..., Tensor] | None:
+    """The fused training path ``L2BN_KERNELS`` picks for ``x`` (:func:`l2_batch_norm_train`, Triton;
+    :func:`l2_batch_norm_train_cpu`, numba), or None for the ATen path."""
+    if use_fused_kernels(x):
+        return l2_batch_norm_train
+    if use_cpu_kernels(x):
+        return l2_batch_norm_train_cpu
+    return None

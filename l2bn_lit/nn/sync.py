@@ -17,8 +17,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from .functional import _accumulation_dtype, _expand, _sample_scale, _to_finite, _update_running_stats
-from .fused import use_fused_kernels
+from .functional import _accumulation_dtype, _expand, _sample_scale, _to_finite
+from .fused import update_running_stats, use_fused_kernels
 from .layers import _L2BNBase
 
 __all__ = ["SyncL2BN", "replace_modules", "transfer_norm_state"]
@@ -225,7 +225,7 @@ class SyncL2BN(_L2BNBase):
             y, mu, var, count = _FusedSyncTrain.apply(
                 x, self.weight, self.bias, self.eps, self.l2_eps, self.rescale, self.process_group
             )
-            _update_running_stats(running_mean, running_var, mu, var, int(count.item()), factor)
+            update_running_stats(running_mean, running_var, mu, var, int(count.item()), factor)
             return y
         acc = _accumulation_dtype(x.dtype)
         spatial = math.prod(x.shape[2:])
@@ -248,7 +248,7 @@ class SyncL2BN(_L2BNBase):
         scale = s * gain
         y = x * _expand(_to_finite(scale, x.dtype), x) + _expand(_to_finite(shift - scale * m, x.dtype), x)
         with torch.no_grad():
-            _update_running_stats(running_mean, running_var, mu, var, int(count.item()), factor)
+            update_running_stats(running_mean, running_var, mu, var, int(count.item()), factor)
         return y
 
     @classmethod
