@@ -1,7 +1,8 @@
 """Forward+backward time and bytes saved for backward: L2BN2d vs the composite vs nn.BatchNorm2d.
 
-On CUDA, eager, ``L2BN2d`` is the fused Triton path (``L2BN_KERNELS=auto``) and ``L2BN2d aten`` the
-ATen path beside it; compiled, both are the ATen path as Inductor compiles it.
+Eager, ``L2BN2d`` is the fused path (``L2BN_KERNELS=auto``: the Triton kernels on CUDA, the numba
+kernels on the CPU) and ``L2BN2d aten`` the ATen path beside it; compiled, both are the ATen path as
+Inductor compiles it.
 
 Each repeat runs every variant once, in turn (interleaved), so drift in machine load hits all of
 them alike; the table reports medians and the ratio of each to BatchNorm2d in the same run.
@@ -84,7 +85,7 @@ def bench_shape(shape, device, channels_last, compile_, repeats, warmup, dtype=t
         "L2BN2d": L2BN2d(shape[1]),
         "composite": CompositeL2BN2d(shape[1]),
     }
-    if torch.device(device).type == "cuda" and not compile_:
+    if not compile_:
         variants["L2BN2d aten"] = ATenL2BN2d(shape[1])
     variants = {k: v.to(device) for k, v in variants.items()}
     bytes_saved = {k: saved_bytes(v, x) for k, v in variants.items()}
@@ -166,7 +167,7 @@ def summary(table: pd.DataFrame) -> pd.DataFrame:
             "L2BN2d ms": by_norm.at["L2BN2d", "median_ms"],
             "L2BN2d/BN time": by_norm.at["L2BN2d", "time_vs_bn"],
         }
-        if "L2BN2d aten" in by_norm.index:  # CUDA, eager: the fused kernels above, the ATen path here
+        if "L2BN2d aten" in by_norm.index:  # eager: the fused kernels above, the ATen path here
             row["L2BN2d aten/BN time"] = by_norm.at["L2BN2d aten", "time_vs_bn"]
         rows.append(
             row

@@ -238,7 +238,7 @@ def _forward(x, channels_last, weight, bias, eps, l2_eps, k, out, running_mean, 
 @_jit
 def _backward(g, x, channels_last, m, v, s, sq_norm, mu, invstd, weight, l2_eps, out):
     """The training backward: ``g``, ``x``, ``out`` (``grad_x``) laid out as in :func:`_forward`, the
-    forward's statistics. Returns ``(grad_weight, grad_bias)``, float64."""
+    forward's statistics. Returns ``(grad_weight, grad_bias)`` in ``x``'s dtype."""
     samples = x.shape[0]
     channels, spatial = (x.shape[2], x.shape[1]) if channels_last else (x.shape[1], x.shape[2])
     g_sum, g_xc = np.empty((samples, channels)), np.empty((samples, channels))
@@ -255,7 +255,7 @@ def _backward(g, x, channels_last, m, v, s, sq_norm, mu, invstd, weight, l2_eps,
         _affine_nsc(x, m_x, coef_x, const, g, coef_g, out, True)
     else:
         _affine_ncs(x, m_x, coef_x, const, g, coef_g, out, True)
-    return grad_weight, grad_bias
+    return grad_weight.astype(x.dtype), grad_bias.astype(x.dtype)
 
 
 def _channels_last(x: Tensor) -> bool:
@@ -294,7 +294,7 @@ def _parameter(t: Tensor | None, dtype: torch.dtype) -> np.ndarray:
     tensor's memory where it has that dtype; an absent one as an empty array."""
     if t is None:
         return _ABSENT[dtype]
-    return t.detach().to(dtype).numpy()
+    return t.detach().numpy() if t.dtype == dtype else t.detach().to(dtype).numpy()
 
 
 def _use_torch_threads() -> None:
@@ -359,7 +359,7 @@ def train_backward(
     grad: Tensor, x: Tensor, weight: Tensor | None, saved: Saved, l2_eps: float
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(grad_x, grad_weight, grad_bias)``: ``grad_x`` in ``x``'s shape, dtype and layout, the
-    parameter gradients ``(C,)`` in float64."""
+    parameter gradients ``(C,)`` in ``x``'s dtype."""
     _use_torch_threads()
     channels_last = _channels_last(x)
     x3 = _as_array(x, channels_last)

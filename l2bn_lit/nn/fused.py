@@ -99,7 +99,22 @@ def _interpreting() -> bool:
 def use_fused_kernels(x: Tensor) -> bool:
     """Whether the training step of ``x`` runs the Triton kernels (see the module docstring)."""
     choice = kernel_choice()
-    if choice in ("aten", "numba") or torch.compiler.is_compiling() or x.dtype not in _FUSED_DTYPES or x.numel() == 0:
+    return _any_kernels(x, choice) and _triton_kernels(x, choice)
+
+
+def use_cpu_kernels(x: Tensor) -> bool:
+    """Whether the training step of ``x`` runs the numba kernels (see the module docstring)."""
+    choice = kernel_choice()
+    return _any_kernels(x, choice) and _cpu_kernels(x, choice)
+
+
+def _any_kernels(x: Tensor, choice: str) -> bool:
+    """Whether any fused path may run: not ``aten``, not traced by ``torch.compile``, a non-empty ``x``."""
+    return choice != "aten" and x.numel() > 0 and not torch.compiler.is_compiling()
+
+
+def _triton_kernels(x: Tensor, choice: str) -> bool:
+    if choice == "numba" or x.dtype not in _FUSED_DTYPES:
         return False
     if choice == "auto":
         return x.is_cuda and _triton_available()
@@ -116,14 +131,14 @@ def use_fused_kernels(x: Tensor) -> bool:
     return True
 
 
-def use_cpu_kernels(x: Tensor) -> bool:
-    """Whether the training step of ``x`` runs the numba kernels (see the module docstring)."""
-    choice = kernel_choice()
-    if choice not in ("auto", "numba") or torch.compiler.is_compiling() or x.numel() == 0:
+def _cpu_kernels(x: Tensor, choice: str) -> bool:
+    if choice == "triton":
         return False
-    if x.device.type != "cpu" or x.dtype not in _CPU_KERNEL_DTYPES:
-        if choice == "numba" and x.device.type != "cpu":
+    if x.device.type != "cpu":
+        if choice == "numba":
             raise RuntimeError(f"L2BN_KERNELS=numba runs on CPU tensors only, got one on {x.device}: use auto")
+        return False
+    if x.dtype not in _CPU_KERNEL_DTYPES:
         return False
     if _numba_available():
         return True
@@ -290,8 +305,11 @@ def l2_batch_norm_train_cpu(
 def fused_training_path(x: Tensor) -> Callable[..., Tensor] | None:
     """The fused training path ``L2BN_KERNELS`` picks for ``x`` (:func:`l2_batch_norm_train`, Triton;
     :func:`l2_batch_norm_train_cpu`, numba), or None for the ATen path."""
-    if use_fused_kernels(x):
-        return l2_batch_norm_train
-    if use_cpu_kernels(x):
+    choice = kernel_choice()
+    if not _any_kernels(x, choice):
+        return None
+    if _cpu_kernels(x, choice):
         return l2_batch_norm_train_cpu
+    if _triton_kernels(x, choice):
+        return l2_batch_norm_train
     return None
