@@ -86,7 +86,7 @@ def main() -> None:
         "--kernels",
         choices=KERNEL_CHOICES,
         default=None,
-        help="L2BN's training path (default: L2BN_KERNELS, else auto: the fused kernels on CUDA)",
+        help="L2BN's training path (default: L2BN_KERNELS, else auto: the Triton kernels on CUDA, numba on the CPU)",
     )
     args = parser.parse_args()
     if args.kernels is not None:

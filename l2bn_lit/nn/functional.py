@@ -7,7 +7,11 @@ For an input ``x`` of shape ``(N, C, *)`` with ``D = x[0].numel()`` and ``S = D 
    :func:`torch.nn.functional.batch_norm` (biased batch variance to normalize, unbiased variance
    for the running estimate).
 
-The training path never materializes ``xh``. Every statistic it needs follows from the
+Training runs one of three paths (``L2BN_KERNELS``, :mod:`l2bn_lit.nn.fused`): the Triton kernels on
+CUDA, the numba kernels on CPU float32/float64, or the ATen path of this module, which is the
+reference, the path ``torch.compile`` traces, and the fallback where neither kernel set runs.
+
+The ATen training path never materializes ``xh``. Every statistic it needs follows from the
 per-(sample, channel) mean ``m[n, c]`` and centred sum of squares ``q[n, c]`` of ``x``:
 
 * ``||x[n]||^2 = sum_c (q[n, c] + S * m[n, c]^2)``;

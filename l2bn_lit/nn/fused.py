@@ -287,19 +287,8 @@ class _CPUKernelsTrain(torch.autograd.Function):
         return grad_x, None, None, grad_weight, grad_bias, None, None, None, None
 
 
-def l2_batch_norm_train_cpu(
-    x: Tensor,
-    running_mean: Tensor | None,
-    running_var: Tensor | None,
-    weight: Tensor | None,
-    bias: Tensor | None,
-    momentum: float,
-    eps: float,
-    l2_eps: float,
-    rescale: bool,
-) -> Tensor:
-    """Training-mode L2BN through the numba kernels, as :func:`l2_batch_norm_train` (CPU ``x``)."""
-    return _CPUKernelsTrain.apply(x, running_mean, running_var, weight, bias, momentum, eps, l2_eps, rescale)
+#: training-mode L2BN through the numba kernels, with :func:`l2_batch_norm_train`'s arguments (CPU ``x``)
+l2_batch_norm_train_cpu = _CPUKernelsTrain.apply
 
 
 def fused_training_path(x: Tensor) -> Callable[..., Tensor] | None:
