@@ -264,12 +264,10 @@ class _CPUKernelsTrain(torch.autograd.Function):
         l2_eps: float,
         rescale: bool,
     ) -> Tensor:
-        from . import cpu_kernels
-
-        y, ctx.statistics = cpu_kernels.train_forward(
+        y, ctx.saved = _cpu_kernels_module().train_forward(
             x, running_mean, running_var, weight, bias, momentum, eps, l2_eps, rescale
         )
-        ctx.save_for_backward(x, weight)
+        ctx.save_for_backward(x, weight)  # the saved arrays share their memory: autograd's in-place check
         ctx.l2_eps = l2_eps
         ctx.parameter_dtypes = (None if weight is None else weight.dtype, None if bias is None else bias.dtype)
         return y
@@ -277,14 +275,25 @@ class _CPUKernelsTrain(torch.autograd.Function):
     @staticmethod
     @torch.autograd.function.once_differentiable  # a second derivative raises instead of being silently 0
     def backward(ctx, grad: Tensor):
-        from . import cpu_kernels
-
-        x, weight = ctx.saved_tensors
-        grad_x, grad_weight, grad_bias = cpu_kernels.train_backward(grad, x, weight, ctx.statistics, ctx.l2_eps)
+        x, _ = ctx.saved_tensors  # (raises if x or weight changed in place since the forward)
+        grad_x, grad_weight, grad_bias = _cpu_kernels_module().train_backward(grad, x, ctx.saved, ctx.l2_eps)
         weight_dtype, bias_dtype = ctx.parameter_dtypes
-        grad_weight = grad_weight.to(weight_dtype) if weight_dtype is not None and ctx.needs_input_grad[3] else None
-        grad_bias = grad_bias.to(bias_dtype) if bias_dtype is not None and ctx.needs_input_grad[4] else None
+        needs_weight, needs_bias = ctx.needs_input_grad[3:5]
+        grad_weight = _in_dtype(grad_weight, weight_dtype) if weight_dtype is not None and needs_weight else None
+        grad_bias = _in_dtype(grad_bias, bias_dtype) if bias_dtype is not None and needs_bias else None
         return grad_x, None, None, grad_weight, grad_bias, None, None, None, None
+
+
+@functools.cache
+def _cpu_kernels_module():
+    """:mod:`l2bn_lit.nn.cpu_kernels`, imported on first use (it needs numba)."""
+    from . import cpu_kernels
+
+    return cpu_kernels
+
+
+def _in_dtype(t: Tensor, dtype: torch.dtype) -> Tensor:
+    return t if t.dtype == dtype else t.to(dtype)
 
 
 #: training-mode L2BN through the numba kernels, with :func:`l2_batch_norm_train`'s arguments (CPU ``x``)
