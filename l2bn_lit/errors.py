@@ -17,8 +17,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from lightning_fabric.utilities.exceptions import MisconfigurationException
-
 __all__ = ["run_main", "user_error_message", "tidy_parser_message", "debugging", "DEBUG_VARIABLE"]
 
 #: set to 1 to see tracebacks (as ``--debug`` does)
@@ -27,7 +25,15 @@ DEBUG_VARIABLE = "L2BN_DEBUG"
 _PROJECT = tuple(
     str(Path(__file__).resolve().parents[1] / name) + os.sep for name in ("l2bn_lit", "datamodules", "models")
 )
-_INPUT_ERRORS = (ValueError, OSError, RuntimeError, MisconfigurationException)
+_INPUT_ERRORS = (ValueError, OSError, RuntimeError)
+#: Lightning's bad-configuration error; looked up only where Lightning was imported (an error of that type
+#: cannot exist otherwise), so that commands that do not train start without importing Lightning
+_MISCONFIGURATION_MODULE = "lightning_fabric.utilities.exceptions"
+
+
+def _is_misconfiguration(error: BaseException) -> bool:
+    module = sys.modules.get(_MISCONFIGURATION_MODULE)
+    return module is not None and isinstance(error, module.MisconfigurationException)
 
 
 def user_error_message(error: BaseException) -> str | None:
@@ -40,9 +46,7 @@ def user_error_message(error: BaseException) -> str | None:
     found = None
     chain: BaseException | None = error
     while chain is not None:
-        if isinstance(chain, MisconfigurationException) or (
-            isinstance(chain, _INPUT_ERRORS) and _raised_by_project(chain)
-        ):
+        if _is_misconfiguration(chain) or (isinstance(chain, _INPUT_ERRORS) and _raised_by_project(chain)):
             found = chain
         chain = _inner(chain)
     if found is None:

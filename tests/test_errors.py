@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from lightning_fabric.utilities.exceptions import MisconfigurationException
+from processes import run_together
 
 from l2bn_lit import create_norm
 from l2bn_lit.errors import user_error_message
@@ -52,16 +53,10 @@ def test_project_errors_give_their_message_and_others_keep_their_traceback(tmp_p
     )
 
 
-def _command(*args: str, debug: bool = False) -> subprocess.CompletedProcess:
+def _commands(*commands: tuple[str, ...]) -> list[subprocess.CompletedProcess]:
+    """``python ARGS...`` for each tuple of arguments, run at once in the repository, without L2BN_DEBUG."""
     env = {k: v for k, v in os.environ.items() if k != "L2BN_DEBUG"}
-    return subprocess.run(
-        [sys.executable, *args, *(["--debug"] if debug else [])],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    return run_together(*([sys.executable, *args] for args in commands), cwd=ROOT, env=env, timeout=180)
 
 
 def _short(result: subprocess.CompletedProcess, status: int, message: str) -> None:
@@ -75,56 +70,57 @@ def _short(result: subprocess.CompletedProcess, status: int, message: str) -> No
 
 def test_cli_unknown_name_is_a_short_error_and_debug_shows_the_traceback():
     args = ("cli.py", "fit", "--config", QUICKSTART, "--model.init_args.norm", "l2bnx")
-    _short(_command(*args), 1, "unknown norm 'l2bnx'; choose one of bn, l2bn, gn, ln, none")
-    debug = _command(*args, debug=True)
+    short, debug = _commands(args, (*args, "--debug"))
+    _short(short, 1, "unknown norm 'l2bnx'; choose one of bn, l2bn, gn, ln, none")
     assert debug.returncode == 1 and "Traceback" in debug.stderr and "unknown norm 'l2bnx'" in debug.stderr
 
 
 def test_cli_option_mistake_and_missing_data_are_short(tmp_path):
-    option = _command("cli.py", "fit", "--config", QUICKSTART, "--model.init_args.lrr", "3")
+    option, missing = _commands(
+        ("cli.py", "fit", "--config", QUICKSTART, "--model.init_args.lrr", "3"),
+        (
+            "cli.py",
+            "fit",
+            "--config",
+            str(ROOT / "configs" / "cifar10_resnet20.yaml"),
+            "--data.init_args.root",
+            str(tmp_path / "nowhere"),
+            "--trainer.max_epochs",
+            "1",
+            "--trainer.default_root_dir",
+            str(tmp_path / "runs"),
+        ),  # the run folder, not the repository's runs/
+    )
     _short(option, 2, 'Parser key "model"')
     assert (
         "Option 'lrr' is not accepted" in option.stderr and "--trainer.accelerator" not in option.stderr
     )  # no usage dump
-    missing = _command(
-        "cli.py",
-        "fit",
-        "--config",
-        str(ROOT / "configs" / "cifar10_resnet20.yaml"),
-        "--data.init_args.root",
-        str(tmp_path / "nowhere"),
-        "--trainer.max_epochs",
-        "1",
-        "--trainer.default_root_dir",
-        str(tmp_path / "runs"),
-    )  # the run folder, not the repository's runs/
     _short(missing, 1, "CIFAR-10 was not found")
 
 
 def test_tools_name_the_bad_file(tmp_path):
     bad = tmp_path / "bad.ckpt"
     bad.write_bytes(b"\x00" * 64)
-    _short(
-        _command("-m", "l2bn_lit", "evaluate", "--config", QUICKSTART, str(bad), "--out", str(tmp_path / "out")),
-        1,
-        f"{bad}: ",
+    evaluate, test, results = _commands(
+        ("-m", "l2bn_lit", "evaluate", "--config", QUICKSTART, str(bad), "--out", str(tmp_path / "out")),
+        ("cli.py", "test", "--config", QUICKSTART, "--ckpt_path", str(bad)),
+        ("-m", "l2bn_lit", "results", str(tmp_path / "empty")),
     )
-    _short(
-        _command("cli.py", "test", "--config", QUICKSTART, "--ckpt_path", str(bad)),
-        1,
-        f"{bad}: not a PyTorch checkpoint",
-    )
-    _short(_command("-m", "l2bn_lit", "results", str(tmp_path / "empty")), 1, "no runs (config.yaml + metrics.csv)")
+    _short(evaluate, 1, f"{bad}: ")
+    _short(test, 1, f"{bad}: not a PyTorch checkpoint")
+    _short(results, 1, "no runs (config.yaml + metrics.csv)")
 
 
 def test_a_missing_data_set_names_the_command_that_gets_it(tmp_path):
-    missing = _command(
-        "cli.py",
-        "fit",
-        "--config",
-        str(ROOT / "configs" / "dcase2024_task1_cpmobile.yaml"),
-        "--data.init_args.root",
-        str(tmp_path / "tau"),
+    (missing,) = _commands(
+        (
+            "cli.py",
+            "fit",
+            "--config",
+            str(ROOT / "configs" / "dcase2024_task1_cpmobile.yaml"),
+            "--data.init_args.root",
+            str(tmp_path / "tau"),
+        )
     )
     _short(missing, 1, "split_setup/split25.csv does not exist")
     assert (

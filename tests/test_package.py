@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from processes import run_together
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "l2bn_lit"
@@ -83,33 +84,37 @@ def test_the_code_passes_ruff():
 def test_the_module_paths_from_before_the_folders_resolve():
     """Configs, saved run configs and checkpoints name ``l2bn_lit.analysis.FeatureNormMonitor``,
     ``l2bn_lit.csv_logger.RunCSVLogger``, ...; results/ records ``python -m l2bn_lit.sweep`` commands."""
-    result = _run(
-        "import importlib, l2bn_lit\n"
-        "from l2bn_lit._moved import MOVED\n"
-        "for old, new in MOVED.items():\n"
-        "    assert importlib.import_module(old) is importlib.import_module(new), old\n"
-        "from l2bn_lit.analysis import FeatureNormMonitor\n"
-        "from l2bn_lit.lit.callbacks import FeatureNormMonitor as moved\n"
-        "assert FeatureNormMonitor is moved\n"
+    modules, old_command = run_together(
+        [
+            sys.executable,
+            "-c",
+            "import importlib, l2bn_lit\n"
+            "from l2bn_lit._moved import MOVED\n"
+            "for old, new in MOVED.items():\n"
+            "    assert importlib.import_module(old) is importlib.import_module(new), old\n"
+            "from l2bn_lit.analysis import FeatureNormMonitor\n"
+            "from l2bn_lit.lit.callbacks import FeatureNormMonitor as moved\n"
+            "assert FeatureNormMonitor is moved\n",
+        ],
+        [sys.executable, "-m", "l2bn_lit.results", "--help"],
+        cwd=ROOT,
+        timeout=120,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    old_command = subprocess.run(
-        [sys.executable, "-m", "l2bn_lit.results", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120
-    )
+    assert modules.returncode == 0, modules.stdout + modules.stderr
     assert old_command.returncode == 0 and "l2bn results RUNS_FOLDER" in old_command.stdout, old_command.stderr
 
 
 def test_entry_point_runs_every_command():
-    help_text = subprocess.run(
-        [sys.executable, "-m", "l2bn_lit", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120
-    ).stdout
-    for command in ("fit", "sweep", "ablation", "results", "complexity", "data", "evaluate", "package"):
-        assert f"l2bn {command}" in help_text
-    unknown = subprocess.run(
-        [sys.executable, "-m", "l2bn_lit", "train"], capture_output=True, text=True, cwd=ROOT, timeout=120
-    )
-    assert unknown.returncode != 0 and "unknown command 'train'" in unknown.stderr
-    fit = subprocess.run(
+    """``l2bn --help`` and a mistyped command answer without importing Lightning (seconds, not ten);
+    ``l2bn fit`` trains."""
+    no_lightning = "assert not any(m.split('.')[0] in ('pytorch_lightning', 'lightning_fabric') for m in sys.modules)"
+    help_text, unknown, fit = run_together(
+        [sys.executable, "-c", f"import sys; from l2bn_lit.__main__ import main; main(['--help']); {no_lightning}"],
+        [
+            sys.executable,
+            "-c",
+            f"import sys; from l2bn_lit.__main__ import main\ntry: main(['train'])\nfinally: {no_lightning}",
+        ],
         [
             sys.executable,
             "-m",
@@ -122,11 +127,14 @@ def test_entry_point_runs_every_command():
             "--trainer.enable_progress_bar",
             "false",
         ],
-        capture_output=True,
-        text=True,
         cwd=ROOT,
         timeout=300,
     )
+    assert help_text.returncode == 0, help_text.stderr[-2000:]
+    for command in ("fit", "sweep", "ablation", "results", "complexity", "data", "evaluate", "package"):
+        assert f"l2bn {command}" in help_text.stdout
+    assert unknown.returncode == 1 and "unknown command 'train'" in unknown.stderr, unknown.stderr[-2000:]
+    assert "AssertionError" not in unknown.stderr
     assert fit.returncode == 0, fit.stderr[-2000:]
     assert "test/acc" in fit.stdout
 
