@@ -13,6 +13,7 @@ from torch import nn
 
 import l2bn_lit
 from l2bn_lit import L2BN1d, L2BN2d, L2BN3d, l2_batch_norm
+from l2bn_lit.nn.fused import use_kernels
 
 
 @pytest.mark.parametrize(
@@ -34,9 +35,25 @@ def test_wrong_rank_raises_like_batch_norm(cls, bad_shapes, bn_cls):
     assert layer.num_batches_tracked.item() == 0  # a rejected input does not count as a batch
 
 
-def test_single_value_per_channel_raises_in_training():
-    with pytest.raises(ValueError, match="more than 1 value per channel"):
+@pytest.mark.parametrize("kernels", ["auto", "aten"])
+def test_single_value_per_channel_raises_in_training(kernels):
+    with use_kernels(kernels), pytest.raises(ValueError, match="more than 1 value per channel"):
         L2BN1d(3)(torch.randn(1, 3))
+
+
+@pytest.mark.parametrize("kernels", ["auto", "aten"])
+@pytest.mark.parametrize("name", ["weight", "bias", "running_mean", "running_var"])
+def test_a_module_tensor_of_another_channel_count_is_refused_before_any_kernel_runs(kernels, name):
+    """On every training path (the numba kernels index every ``(C,)`` tensor by the input's channels and do
+    not bounds-check), a module tensor of another size is refused with an error that names it."""
+    layer = L2BN2d(3)
+    tensor = torch.ones(4)
+    if name in ("weight", "bias"):
+        setattr(layer, name, nn.Parameter(tensor))
+    else:
+        setattr(layer, name, tensor)
+    with use_kernels(kernels), pytest.raises(ValueError, match=rf"{name} must have shape \(3,\), got \(4,\)"):
+        layer(torch.randn(4, 3, 2, 2))
 
 
 @pytest.mark.parametrize("cls,bn_cls", [(L2BN1d, nn.BatchNorm1d), (L2BN2d, nn.BatchNorm2d), (L2BN3d, nn.BatchNorm3d)])
