@@ -279,8 +279,8 @@ class _CPUKernelsTrain(torch.autograd.Function):
         grad_x, grad_weight, grad_bias = _cpu_kernels_module().train_backward(grad, x, ctx.saved, ctx.l2_eps)
         weight_dtype, bias_dtype = ctx.parameter_dtypes
         needs_weight, needs_bias = ctx.needs_input_grad[3:5]
-        grad_weight = _in_dtype(grad_weight, weight_dtype) if weight_dtype is not None and needs_weight else None
-        grad_bias = _in_dtype(grad_bias, bias_dtype) if bias_dtype is not None and needs_bias else None
+        grad_weight = grad_weight.to(weight_dtype) if weight_dtype is not None and needs_weight else None
+        grad_bias = grad_bias.to(bias_dtype) if bias_dtype is not None and needs_bias else None
         return grad_x, None, None, grad_weight, grad_bias, None, None, None, None
 
 
@@ -290,10 +290,6 @@ def _cpu_kernels_module():
     from . import cpu_kernels
 
     return cpu_kernels
-
-
-def _in_dtype(t: Tensor, dtype: torch.dtype) -> Tensor:
-    return t if t.dtype == dtype else t.to(dtype)
 
 
 #: training-mode L2BN through the numba kernels, with :func:`l2_batch_norm_train`'s arguments (CPU ``x``)
