@@ -6,6 +6,9 @@ path counted without a GPU, and the CPU path); the switch."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
 
 import pytest
@@ -293,14 +296,20 @@ def test_the_cpu_kernels_are_float64_exact_and_deterministic(fused_path, memory_
     torch.manual_seed(6)
     x = (torch.randn(6, 5, 4, 3, dtype=torch.float64) * 1e-3 + 1e3).contiguous(memory_format=memory_format)
     grad = torch.randn_like(x)
+    import numba
+
     threads = torch.get_num_threads()
-    results = []
+    if numba.config.NUMBA_NUM_THREADS < 2:  # the pool took torch's thread count when it started
+        pytest.skip("numba's thread pool has one thread here: nothing to compare")
+    results, used = [], []
     try:
-        for n in (1, max(2, threads)):
+        for n in (1, 2):
             torch.set_num_threads(n)
             results.append(_steps(L2BN2d(5).double(), [x], [grad], torch.float64)[0])
+            used.append(numba.get_num_threads())
     finally:
         torch.set_num_threads(threads)
+    assert used == [1, 2]
     want = _steps(ReferenceL2BN(5).double(), [x], [grad], torch.float64)[0]
     for one, many, reference in zip(*results, want):
         assert torch.equal(one, many)
@@ -315,3 +324,37 @@ def test_a_second_derivative_through_the_cpu_kernels_raises(fused_path):
     (grad_x,) = torch.autograd.grad(L2BN2d(3).double()(x).pow(2).sum(), x, create_graph=True)
     with pytest.raises(RuntimeError, match="once_differentiable"):
         grad_x.sum().backward()
+
+
+_POOL_PROBE = """
+import ctypes, os, torch
+torch.set_num_threads(1)
+from l2bn_lit.nn import cpu_kernels  # starts numba's pool
+import numba
+runtime = [line.split()[-1] for line in open("/proc/self/maps") if "libgomp" in line and "torch" not in line]
+if runtime:
+    ctypes.CDLL(runtime[0]).omp_display_env(0)  # numba's OpenMP runtime: its settings, to stderr
+print(numba.threading_layer(), numba.config.NUMBA_NUM_THREADS, os.environ.get("OMP_WAIT_POLICY"),
+      os.environ.get("NUMBA_NUM_THREADS"), flush=True)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+@pytest.mark.parametrize("fused_path", ["numba"], indirect=True)
+def test_numbas_pool_takes_torchs_thread_count_and_sleeps_between_kernels(fused_path):
+    """numba's thread pool starts with as many threads as torch's operators use (``torch.set_num_threads``
+    before the first call) and its OpenMP runtime (a second one beside torch's) with
+    ``OMP_WAIT_POLICY=PASSIVE``, without leaving either setting in the environment; a user's own
+    settings win."""
+    environment = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "NUMBA_NUM_THREADS")}
+    ours, users = (
+        subprocess.run([sys.executable, "-c", _POOL_PROBE], capture_output=True, text=True, timeout=120, env=env)
+        for env in (environment, {**environment, "OMP_WAIT_POLICY": "ACTIVE", "NUMBA_NUM_THREADS": "2"})
+    )
+    assert ours.returncode == 0 and users.returncode == 0, ours.stderr[-2000:] + users.stderr[-2000:]
+    layer, threads, *left = ours.stdout.split()
+    if layer != "omp" or "OMP_WAIT_POLICY" not in ours.stderr:
+        pytest.skip(f"numba runs its {layer} threading layer here, not OpenMP")
+    assert threads == "1" and left == ["None", "None"]  # torch's count; the environment as it was
+    assert "OMP_WAIT_POLICY = 'PASSIVE'" in ours.stderr
+    assert users.stdout.split()[1:] == ["2", "ACTIVE", "2"] and "OMP_WAIT_POLICY = 'ACTIVE'" in users.stderr

@@ -22,14 +22,47 @@ compile on first use and are cached on disk (numba's ``cache=True``).
 from __future__ import annotations
 
 import math
+import os
+import sys
 import threading
 from typing import NamedTuple
 
-import numba
-import numpy as np
 import torch
-from numba import prange
-from torch import Tensor
+
+
+def _pool_settings() -> dict[str, str]:
+    """The environment numba's thread pool starts with, where the user has not set it: as many threads
+    as torch's operators use now (``NUMBA_NUM_THREADS``; read when numba is imported, so only if it is
+    not yet), and threads that sleep between kernels instead of spinning (``OMP_WAIT_POLICY=PASSIVE``,
+    read by numba's OpenMP runtime when the pool starts: a second runtime beside torch's, whose spinning
+    threads would take the cores from torch's threads and from other processes; two training processes
+    on a 2-core machine ran 3-6x slower)."""
+    settings = {"OMP_WAIT_POLICY": "PASSIVE"}
+    if "numba" not in sys.modules:
+        settings["NUMBA_NUM_THREADS"] = str(torch.get_num_threads())
+    return {name: value for name, value in settings.items() if name not in os.environ}
+
+
+def _start_numba_pool() -> None:
+    """Imports numba and starts its thread pool (:func:`_pool_settings`), leaving the environment as it
+    was (the settings are for numba's pool only: not for processes started later)."""
+    settings = _pool_settings()
+    os.environ.update(settings)
+    try:
+        import numba
+
+        numba.get_num_threads()  # starts the pool (loads the OpenMP runtime, which reads the environment)
+    finally:
+        for name in settings:
+            del os.environ[name]
+
+
+_start_numba_pool()
+
+import numba  # noqa: E402 (after the pool settings)
+import numpy as np  # noqa: E402
+from numba import prange  # noqa: E402
+from torch import Tensor  # noqa: E402
 
 __all__ = ["Saved", "train_backward", "train_forward"]
 
