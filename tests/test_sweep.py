@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shlex
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from l2bn_lit.commands.sweep import main
+from l2bn_lit.commands.sweep import main, run_environment
 from l2bn_lit.reports.runs import parse_arm, summary_table
 from l2bn_lit.reports.stats import paired_differences
 
@@ -46,8 +47,21 @@ def test_a_single_pair_has_no_interval():
     assert row["pairs"] == 1 and math.isnan(row["ci low"])
 
 
+def test_parallel_runs_split_the_cpu_cores_unless_the_user_chose(monkeypatch):
+    """``--parallel K``: each run gets ``OMP_NUM_THREADS`` = cores // K (at least 1); one run at a time, or
+    a user's own ``OMP_NUM_THREADS``, leaves the environment as it is."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    assert run_environment(3)["OMP_NUM_THREADS"] == "2"
+    assert run_environment(16)["OMP_NUM_THREADS"] == "1"
+    assert "OMP_NUM_THREADS" not in run_environment(1)
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert run_environment(3)["OMP_NUM_THREADS"] == "4"
+
+
 def test_tiny_sweep_runs_every_combination_collects_and_resumes(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(ROOT)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     out = tmp_path / "sweep"
     argv = [
         "--config",
@@ -89,7 +103,8 @@ def test_tiny_sweep_runs_every_combination_collects_and_resumes(tmp_path, capsys
     metrics = pd.read_csv(interrupted / "metrics.csv")
     trained = metrics[metrics["test/acc"].isna()]
     trained.to_csv(interrupted / "metrics.csv", index=False)  # as if stopped before its test
-    capsys.readouterr()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert f"2 runs at a time, each with OMP_NUM_THREADS={max(1, cores // 2)}" in capsys.readouterr().out
     again = main(argv)
     printed = capsys.readouterr().out
     assert printed.count("done before, kept") == 3

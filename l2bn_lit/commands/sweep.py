@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import subprocess
@@ -38,7 +39,7 @@ from l2bn_lit.reports.runs import analysis_summary, collect_runs, norm_label, pa
 from l2bn_lit.reports.stats import paired_differences
 from l2bn_lit.serialization import load_checkpoint
 
-__all__ = ["main", "run_command"]
+__all__ = ["main", "run_command", "run_environment"]
 
 
 def run_folder_name(arm: str) -> str:
@@ -158,9 +159,29 @@ def _report(args: argparse.Namespace, runs: pd.DataFrame, analysis: pd.DataFrame
     return "\n".join(lines)
 
 
+def run_environment(parallel: int) -> dict[str, str]:
+    """The environment of each run when ``parallel`` runs share the machine: the CPU cores split between
+    them (``OMP_NUM_THREADS`` = cores // ``parallel``, at least 1, as ``torchrun`` does for its
+    processes), unless ``OMP_NUM_THREADS`` is set. Each process otherwise starts a thread per core, and
+    the oversubscribed threads made two CPU runs on 2 cores 2-6x slower than one thread each."""
+    environment = dict(os.environ)
+    if parallel > 1 and "OMP_NUM_THREADS" not in environment:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        environment["OMP_NUM_THREADS"] = str(max(1, cores // parallel))
+    return environment
+
+
 def _run_all(pending: list[tuple[str, int, Path, list[str]]], out: Path, parallel: int) -> None:
-    """Runs the ``(norm, seed, run folder, command)`` jobs, ``parallel`` at a time; the first failure
-    stops the sweep (the other runs in flight are ended) and names its log."""
+    """Runs the ``(norm, seed, run folder, command)`` jobs, ``parallel`` at a time, in
+    :func:`run_environment`; the first failure stops the sweep (the other runs in flight are ended) and
+    names its log."""
+    environment = run_environment(parallel)
+    if environment.get("OMP_NUM_THREADS") != os.environ.get("OMP_NUM_THREADS"):
+        print(
+            f"[sweep] {parallel} runs at a time, each with OMP_NUM_THREADS={environment['OMP_NUM_THREADS']} "
+            "(the CPU cores split between them; set OMP_NUM_THREADS to choose)",
+            flush=True,
+        )
     running: list[tuple[str, int, subprocess.Popen, Path, float]] = []
     try:
         while pending or running:
@@ -171,7 +192,7 @@ def _run_all(pending: list[tuple[str, int, Path, list[str]]], out: Path, paralle
                 log_path = out / "logs" / f"{run_folder_name(norm)}-seed{seed}.log"
                 log_path.parent.mkdir(parents=True, exist_ok=True)
                 with log_path.open("w") as log:
-                    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+                    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
                 running.append((norm, seed, process, log_path, time.perf_counter()))
             time.sleep(0.2)
             for job in [job for job in running if job[2].poll() is not None]:
