@@ -3,7 +3,9 @@ a SIGKILL after an epoch and a SIGTERM/SIGUSR1 mid-epoch, each resumed from ``la
 equal to an uninterrupted run's; a diverged run stops with a short error and no best checkpoint.
 
 Every run is the quickstart (digits, small CNN, L2BN) for 4 epochs of 20 steps with mixup, so that
-the random state matters: without the saved RNG state the resumed weights differ (by ~1e-2).
+the random state matters: without the saved RNG state the resumed weights differ (by ~1e-2). The
+first run of every test starts at once (independent processes, one thread each); the resumes follow
+in their tests.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from processes import run_together
 
 ROOT = Path(__file__).resolve().parents[1]
 FIT = [
@@ -37,13 +40,19 @@ FIT = [
 STEPS_PER_EPOCH = 20  # 1,293 training digits, batches of 64, the last one dropped
 
 
+#: every run on one thread: up to five run at once, and resumed weights are compared bit for bit
+ENVIRONMENT = {
+    **{k: v for k, v in os.environ.items() if k != "L2BN_DEBUG"},
+    "PYTHONPATH": str(ROOT / "tests"),  # the SignalAt callback
+    "OMP_NUM_THREADS": "1",
+}
+
+
 def _fit(root: Path, *options: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests")}  # the SignalAt callback
-    env.pop("L2BN_DEBUG", None)
     return subprocess.run(
         [*FIT, "--trainer.default_root_dir", str(root), *options],
         cwd=root.parent,
-        env=env,
+        env=ENVIRONMENT,
         capture_output=True,
         text=True,
         timeout=300,
@@ -69,9 +78,30 @@ def _weights(run: Path) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("uninterrupted") / "runs"
-    result = _fit(root)
+def first_runs(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProcess]]:
+    """Each test's first run, all started at once (independent processes): by name, its root folder
+    (``default_root_dir``) and the finished process. The resumes run in the tests, after their checks."""
+    folder = tmp_path_factory.mktemp("first_runs")
+    options = {
+        "uninterrupted": [],
+        "diverged": ["--model.init_args.lr", "1e6", "--model.init_args.mixup_alpha", "0"],
+        **{signal: _signal_at(folder, 2, 3, signal) for signal in ("SIGKILL", "SIGTERM", "SIGUSR1")},
+    }
+    roots = {name: folder / name / "runs" for name in options}
+    for root in roots.values():
+        root.parent.mkdir()
+    results = run_together(
+        *([*FIT, "--trainer.default_root_dir", str(roots[name]), *extra] for name, extra in options.items()),
+        timeout=400,
+        cwds=[root.parent for root in roots.values()],
+        env=ENVIRONMENT,
+    )
+    return {name: (roots[name], result) for name, result in zip(options, results)}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(first_runs) -> Path:
+    root, result = first_runs["uninterrupted"]
     assert result.returncode == 0, result.stderr[-2000:]
     return _run(root)
 
@@ -83,9 +113,8 @@ def _assert_same_weights(run: Path, reference: Path) -> None:
         assert torch.equal(mine[key], theirs[key]), key
 
 
-def test_sigkill_after_an_epoch_resumes_from_last_ckpt_to_the_uninterrupted_weights(uninterrupted, tmp_path):
-    root = tmp_path / "runs"
-    killed = _fit(root, *_signal_at(tmp_path, epoch=2, batch=3, signal="SIGKILL"))
+def test_sigkill_after_an_epoch_resumes_from_last_ckpt_to_the_uninterrupted_weights(uninterrupted, first_runs):
+    root, killed = first_runs["SIGKILL"]
     assert killed.returncode == -9
     run = _run(root)
     last = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
@@ -107,9 +136,8 @@ def test_sigkill_after_an_epoch_resumes_from_last_ckpt_to_the_uninterrupted_weig
 
 
 @pytest.mark.parametrize("signal,status", [("SIGTERM", 143), ("SIGUSR1", 138)])
-def test_preemption_signal_saves_the_current_state_and_exits_non_zero(signal, status, uninterrupted, tmp_path):
-    root = tmp_path / "runs"
-    stopped = _fit(root, *_signal_at(tmp_path, epoch=2, batch=3, signal=signal))
+def test_preemption_signal_saves_the_current_state_and_exits_non_zero(signal, status, uninterrupted, first_runs):
+    root, stopped = first_runs[signal]
     assert stopped.returncode == status, stopped.stderr[-2000:]
     assert f"preempted: {signal} at epoch 2, global step 44" in stopped.stderr
     run = _run(root)
@@ -125,9 +153,8 @@ def test_preemption_signal_saves_the_current_state_and_exits_non_zero(signal, st
         assert steps.is_monotonic_increasing and not steps.duplicated().any()
 
 
-def test_a_diverged_run_stops_with_a_short_error_and_no_best_checkpoint(tmp_path):
-    root = tmp_path / "runs"
-    result = _fit(root, "--model.init_args.lr", "1e6", "--model.init_args.mixup_alpha", "0")
+def test_a_diverged_run_stops_with_a_short_error_and_no_best_checkpoint(first_runs):
+    root, result = first_runs["diverged"]
     assert result.returncode == 1
     errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "training diverged" in errors[0] and "at epoch 0" in errors[0], result.stderr[-2000:]

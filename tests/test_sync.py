@@ -11,7 +11,7 @@ import torch.distributed as dist
 from distributed import run_distributed, set_launcher_env
 from torch import nn
 
-from l2bn_lit import L2BN1d, L2BN2d, L2BNLayerSync, SyncL2BN
+from l2bn_lit import L2BN1d, L2BN2d, SyncL2BN  # no Lightning: the spawned workers import this module
 
 BATCH = (8, 3, 4, 5)
 
@@ -132,6 +132,8 @@ def test_lightning_sync_batchnorm_hazard_and_layer_sync_revert():
     """Lightning's own plugin silently swaps L2BN for SyncBatchNorm; ours keeps and restores it."""
     from pytorch_lightning.plugins.layer_sync import TorchSyncBatchNorm
 
+    from l2bn_lit import L2BNLayerSync
+
     def build():
         return nn.Sequential(nn.Conv2d(3, 4, 3), L2BN2d(4, rescale=True), nn.BatchNorm2d(4), L2BN1d(4))
 
@@ -177,6 +179,8 @@ def _lightning_ddp_worker(rank: int, world_size: int) -> dict:
     """One rank of a Lightning DDP fit in processes launched outside Lightning (as torchrun or
     srun launch them): Lightning finds the environment and the process group already set up."""
     from lit_models import AssertSynced
+
+    from l2bn_lit import L2BNLayerSync
 
     set_launcher_env(rank, world_size)
     model = _fit(world_size, 4, strategy="ddp", plugins=[L2BNLayerSync()], callbacks=[AssertSynced()])
