@@ -7,7 +7,8 @@ Each run is ``python -m l2bn_lit fit --config ... --model.init_args.norm NORM --
 SEED --test_after_fit true`` plus the options after ``--`` (a norm given as ``l2bn:rescale=true``
 also passes ``--model.init_args.norm_options '{"rescale": true}'``), each in a fresh process, one after
 another or ``--parallel K`` at a time (small models leave a GPU mostly idle: several runs share it
-well), and ``--dry-run`` prints the commands, for a cluster's job array. Run folders are
+well; each then gets ``OMP_NUM_THREADS`` = cores // K unless it is set), and ``--dry-run`` prints the
+commands, for a cluster's job array. Run folders are
 ``OUT/<norm>/seed<seed>`` (``OUT/l2bn-rescale=true/seed0``); a run whose test metrics are already there
 is not run again, and an interrupted one continues from its ``last.ckpt``, so an interrupted sweep
 resumes. ``--analysis`` adds the callbacks of :mod:`l2bn_lit.lit.callbacks` to every run
