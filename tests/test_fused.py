@@ -317,6 +317,28 @@ def test_the_cpu_kernels_are_float64_exact_and_deterministic(fused_path, memory_
 
 
 @pytest.mark.parametrize("fused_path", ["numba"], indirect=True)
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_the_moments_keep_float64_precision_far_from_zero(fused_path, channels_last):
+    """The per-(sample, channel) moments of a group with a mean of 1e8, a spread of 1 and one value 1e3
+    off equal numpy's two-pass float64 ones to 1e-12 (the plain sums of x and x^2 would lose about 1e-4
+    of the variance; a pass shifting by a poorly chosen value loses precision too)."""
+    import numpy as np
+
+    from l2bn_lit.nn import cpu_kernels
+
+    x = 1e8 + np.random.default_rng(0).standard_normal((4, 3, 50))  # (N, C, S)
+    x[:, :, 0] += 1e3
+    m, v, sq_norm = np.empty((4, 3)), np.empty((4, 3)), np.empty(4)
+    if channels_last:
+        cpu_kernels._moments_nsc(np.ascontiguousarray(x.transpose(0, 2, 1)), m, v, sq_norm, 2)
+    else:
+        cpu_kernels._moments_ncs(x, m, v, sq_norm, 2)
+    np.testing.assert_allclose(m, x.mean(-1), rtol=1e-15)
+    np.testing.assert_allclose(v, x.var(-1), rtol=1e-12)
+    np.testing.assert_allclose(sq_norm, (x * x).sum((1, 2)), rtol=1e-13)
+
+
+@pytest.mark.parametrize("fused_path", ["numba"], indirect=True)
 def test_a_second_derivative_through_the_cpu_kernels_raises(fused_path):
     """The kernels' backward is not itself differentiable: asking for a second derivative is an error,
     not a silent zero."""
