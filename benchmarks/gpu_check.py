@@ -288,7 +288,7 @@ def main() -> None:
             keep=14,
         )
     step = [py, "benchmarks/bench_train_step.py", *device, "--channels-last", *repeats[:2]]
-    step += ["--archs", "resnet20"] if args.quick else []
+    step += ["--archs", "resnet20", "--batch-size", "32"] if args.quick else []
     report.section(f"bench_train_step {args.device} channels_last float32", step, 60, keep=5)
     if args.quick:  # the script's path is checked; the ATen-path and compiled figures are for a GPU
         print(f"[gpu_check] report: {report.path}")

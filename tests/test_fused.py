@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import subprocess
 import sys
 from dataclasses import dataclass, field
 
 import pytest
 import torch
 from op_counter import OpCounter
+from processes import run_together
 from reference import ReferenceL2BN
 from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -349,7 +349,9 @@ def test_a_second_derivative_through_the_cpu_kernels_raises(fused_path):
 
 
 _POOL_PROBE = """
-import ctypes, os, torch
+import ctypes, os, sys
+os.environ.update(arg.split("=", 1) for arg in sys.argv[1:])  # a user's own settings
+import torch
 torch.set_num_threads(1)
 from l2bn_lit.nn import cpu_kernels  # starts numba's pool
 import numba
@@ -369,9 +371,11 @@ def test_numbas_pool_takes_torchs_thread_count_and_sleeps_between_kernels(fused_
     ``OMP_WAIT_POLICY=PASSIVE``, without leaving either setting in the environment; a user's own
     settings win."""
     environment = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "NUMBA_NUM_THREADS")}
-    ours, users = (
-        subprocess.run([sys.executable, "-c", _POOL_PROBE], capture_output=True, text=True, timeout=120, env=env)
-        for env in (environment, {**environment, "OMP_WAIT_POLICY": "ACTIVE", "NUMBA_NUM_THREADS": "2"})
+    ours, users = run_together(
+        [sys.executable, "-c", _POOL_PROBE],
+        [sys.executable, "-c", _POOL_PROBE, "OMP_WAIT_POLICY=ACTIVE", "NUMBA_NUM_THREADS=2"],
+        timeout=120,
+        env=environment,
     )
     assert ours.returncode == 0 and users.returncode == 0, ours.stderr[-2000:] + users.stderr[-2000:]
     layer, threads, *left = ours.stdout.split()
