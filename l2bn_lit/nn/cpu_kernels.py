@@ -35,8 +35,8 @@ def _pool_settings() -> dict[str, str]:
     as torch's operators use now (``NUMBA_NUM_THREADS``; read when numba is imported, so only if it is
     not yet), and threads that sleep between kernels instead of spinning (``OMP_WAIT_POLICY=PASSIVE``,
     read by numba's OpenMP runtime when the pool starts: a second runtime beside torch's, whose spinning
-    threads would take the cores from torch's threads and from other processes; two training processes
-    on a 2-core machine ran 3-6x slower)."""
+    threads would take the cores from torch's threads and from other processes: two training processes
+    on a 2-core machine ran 2-4x slower, ``benchmarks/bench_processes.py``)."""
     settings = {"OMP_WAIT_POLICY": "PASSIVE"}
     if "numba" not in sys.modules:
         settings["NUMBA_NUM_THREADS"] = str(torch.get_num_threads())
