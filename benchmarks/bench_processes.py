@@ -22,11 +22,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from l2bn_lit.commands.sweep import run_environment
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def run_at_once(processes: int, environment: dict[str, str], args: argparse.Namespace) -> list[dict[str, float]]:
@@ -67,7 +65,10 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     base = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "L2BN_KERNELS")}
-    split = str(max(1, cores() // args.processes))
+    os.environ.pop("OMP_NUM_THREADS", None)
+    if args.processes < 2:
+        parser.error("--processes: at least 2 (the comparison is between processes at once)")
+    split = run_environment(args.processes)["OMP_NUM_THREADS"]  # what `l2bn sweep --parallel` sets
     settings = [
         ("alone", 1, {}),
         (f"{args.processes} at once, default threads", args.processes, {}),
@@ -87,7 +88,7 @@ def main() -> None:
                 }
             )
     print(
-        f"{cores()} CPU cores; per process: ResNet-20, batch {args.batch_size}, channels_last, "
+        f"{os.cpu_count()} CPU cores; per process: ResNet-20, batch {args.batch_size}, channels_last, "
         f"{args.repeats} interleaved repeats (medians), one value per process"
     )
     print(pd.DataFrame(table).to_markdown(index=False))

@@ -48,9 +48,14 @@ ENVIRONMENT = {
 }
 
 
+def _command(root: Path, *options: str) -> list[str]:
+    """The quickstart fit writing under ``root`` (its ``default_root_dir``), with ``options`` added."""
+    return [*FIT, "--trainer.default_root_dir", str(root), *options]
+
+
 def _fit(root: Path, *options: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [*FIT, "--trainer.default_root_dir", str(root), *options],
+        _command(root, *options),
         cwd=root.parent,
         env=ENVIRONMENT,
         capture_output=True,
@@ -91,7 +96,7 @@ def first_runs(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedPr
     for root in roots.values():
         root.parent.mkdir()
     results = run_together(
-        *([*FIT, "--trainer.default_root_dir", str(roots[name]), *extra] for name, extra in options.items()),
+        *(_command(roots[name], *extra) for name, extra in options.items()),
         timeout=400,
         cwds=[root.parent for root in roots.values()],
         env=ENVIRONMENT,
